@@ -1,0 +1,3 @@
+from zlora.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""The ``zlora`` command: one dispatch table of subcommands. User mistakes print one line each and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from zlora import __version__
+from zlora.errors import UserError
+
+log = logging.getLogger("zlora")
+
+
+# ---------------------------------------------------------------- train / config
+def cmd_train(args: argparse.Namespace) -> int:
+    from zlora.config import load_config
+    from zlora.train.trainer import TrainingInterrupted, run_training
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        lora = run_training(cfg)
+    except TrainingInterrupted as e:
+        print(f"zlora: {e}", file=sys.stderr)
+        return e.exit_code
+    run_dir = lora.parent
+    grid = sorted((run_dir / "samples").glob("step-??????.png"))
+    print(f"LoRA:         {lora}")
+    print(f"preview grid: {grid[-1] if grid else '(no sample.prompts set)'}")
+    print(f"loss plot:    {run_dir / 'loss.png'}")
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    from zlora.config import load_config
+
+    load_config(args.config, args.overrides)
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from zlora.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.overrides, check_files=False)), end="")
+    return 0
+
+
+# ---------------------------------------------------------------- models
+def cmd_models_make_tiny(args: argparse.Namespace) -> int:
+    from zlora.models.tiny import make_tiny
+
+    out = Path(args.dir)
+    if out.exists() and any(out.iterdir()) and not (out / "model_index.json").is_file():
+        raise UserError(f"{out} exists and is not empty; choose a new folder")
+    print(make_tiny(out, seed=args.seed))
+    return 0
+
+
+# ---------------------------------------------------------------- generate
+def _parse_lora_arg(text: str) -> tuple[str, float]:
+    """``FILE[:WEIGHT]``; a trailing ``:number`` is the weight (so Windows-style ``C:`` prefixes survive)."""
+    path, sep, weight = text.rpartition(":")
+    if sep:
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from zlora.generate import generate_image
+    from zlora.utils.io import atomic_write
+
+    loras = [_parse_lora_arg(x) for x in args.lora]
+    image = generate_image(
+        model=args.model, loras=loras, prompt=args.prompt, negative_prompt=args.negative, steps=args.steps,
+        guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
+        device=args.device, dtype=args.dtype,
+    )  # fmt: skip
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(Path(args.out).suffix.lower(), "PNG")
+    atomic_write(args.out, lambda p: image.save(p, format=fmt))
+    print(args.out)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zlora", description="Train and manage Z-Image LoRAs.")
+    parser.add_argument("--version", action="version", version=f"zlora {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a LoRA from a YAML config (resumes automatically)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="a.b=c", help="override settings, e.g. train.steps=100")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="generate an image with a base model and LoRAs")
+    p.add_argument("--model", required=True, help="hub id, diffusers folder or builtin:tiny")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative", default="", help="negative prompt (with --guidance > 0)")
+    p.add_argument("--steps", type=int, default=9, help="scheduler steps (Turbo: 9 = 8 DiT forwards)")
+    p.add_argument("--guidance", type=float, default=0.0, help="CFG scale (Turbo: 0; De-Turbo/Base: 2-4)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--out", default="out.png")
+    p.set_defaults(func=cmd_generate)
+
+    cfg = sub.add_parser("config", help="check or print a config").add_subparsers(dest="sub", required=True)
+    for name, func, text in (("validate", cmd_config_validate, "report every problem in a config"),
+                             ("show", cmd_config_show, "print the fully resolved config")):  # fmt: skip
+        p = cfg.add_parser(name, help=text)
+        p.add_argument("config")
+        p.add_argument("overrides", nargs="*", metavar="a.b=c")
+        p.set_defaults(func=func)
+
+    models = sub.add_parser("models", help="model files").add_subparsers(dest="sub", required=True)
+    p = models.add_parser("make-tiny", help="write the tiny random Z-Image (tests, demo) to DIR")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_models_make_tiny)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )  # fmt: skip
+    for noisy in ("httpx", "urllib3", "filelock", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    from diffusers.utils import logging as df_logging
+
+    df_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UserError as e:
+        for line in e.problems:
+            print(f"zlora: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zlora: aborted", file=sys.stderr)
+        return 130

@@ -1,0 +1,164 @@
+"""YAML loading, ``a.b=c`` overrides and error messages that name the field and the fix."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from zlora.config.schema import Config
+from zlora.errors import UserError
+
+# Names people bring from other trainers (or guess) for settings that exist here under another name.
+SYNONYMS = {
+    "training_adapter": "assistant_lora_path",
+    "adapter": "assistant_lora_path",
+    "assistant_lora": "assistant_lora_path",
+    "rank": "linear",
+    "network_dim": "linear",
+    "alpha": "linear_alpha",
+    "network_alpha": "linear_alpha",
+    "learning_rate": "lr",
+    "max_train_steps": "steps",
+    "train_batch_size": "batch_size",
+    "training_folder": "output_dir",
+    "folder": "folder_path",
+    "path": "name_or_path",
+    "pretrained_model_name_or_path": "name_or_path",
+    "save_every_n_steps": "save_every",
+    "sample_every_n_steps": "sample_every",
+    "num_inference_steps": "sample_steps",
+    "guidance": "guidance_scale",
+    "negative_prompt": "neg",
+}
+
+
+def _loc_str(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the last element of ``loc`` (walking lists and nested sections)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        model = model.model_fields[part].annotation
+        while typing.get_origin(model) in (list, typing.Union, typing.Optional):
+            args = [a for a in typing.get_args(model) if a is not type(None)]
+            model = args[0] if args else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unknown_key_message(loc: tuple) -> str:
+    where, key = _loc_str(loc), str(loc[-1])
+    model = _model_at(loc)
+    valid = list(model.model_fields) if model else []
+    guess = SYNONYMS.get(key) if SYNONYMS.get(key) in valid else None
+    if guess is None:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    if guess:
+        fixed = _loc_str(loc[:-1] + (guess,))
+        return f"`{where}` is not a setting; did you mean `{fixed}`?"
+    return f"`{where}` is not a setting; valid keys here: {', '.join(valid)}"
+
+
+def _format_error(err: dict) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        return _unknown_key_message(loc)
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:
+        return msg
+    where = _loc_str(loc)
+    if err["type"] == "missing":
+        return f"`{where}` is required"
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    return f"`{where}`: {msg}{shown}"
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` / ``datasets.0.folder_path=x`` overrides; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override `{item}` must look like section.key=value, e.g. train.steps=100")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node: Any = data
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise UserError(f"override `{item}`: `{'.'.join(parts[:i])}` has {len(node)} entries")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise UserError(f"override `{item}`: `{'.'.join(parts[:i])}` is not a section")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                    node[part] = {}
+                node = node[part]
+    return data
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    """Validate a plain dict into a Config, reporting every problem at once as a UserError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of sections (job, model, train, ...), got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise UserError(problems=[f"{source}: {_format_error(err)}" for err in e.errors()]) from None
+
+
+def check_paths(cfg: Config, source: str = "config") -> None:
+    """Problems that need the file system: missing dataset folders."""
+    problems = []
+    for i, ds in enumerate(cfg.datasets):
+        p = Path(ds.folder_path).expanduser()
+        if not p.is_dir():
+            what = "is not a folder" if p.exists() else "does not exist"
+            problems.append(
+                f"{source}: `datasets[{i}].folder_path` {what}: {p.resolve()}; point it at a folder of images"
+            )
+    if problems:
+        raise UserError(problems=problems)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}; pass the path of a YAML file, e.g. configs/quickstart.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    data = apply_overrides(data if data is not None else {}, overrides or [])
+    cfg = parse_config(data, source=str(path))
+    if check_files:
+        check_paths(cfg, source=str(path))
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    """The fully resolved config as YAML (every default filled in)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

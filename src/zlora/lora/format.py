@@ -1,0 +1,71 @@
+"""zlora's default LoRA file format (ARCHITECTURE.md): ``diffusion_model.<module>.lora_A/B.weight`` plus a scalar
+``.alpha`` per module and string metadata. diffusers' ZImagePipeline.load_lora_weights and ComfyUI read it as is.
+Without ``.alpha`` diffusers assumes alpha = rank, so it is always written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from zlora import __version__
+from zlora.errors import UserError
+from zlora.utils.io import atomic_write
+
+PREFIX = "diffusion_model."
+FORMAT_VERSION = "1"
+
+
+def to_file_dict(peft_state: dict[str, torch.Tensor], alpha: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """peft keys (``layers.0.attention.to_q.lora_A.weight``) -> file keys with prefix and per-module alpha."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in peft_state.items():
+        out[PREFIX + key] = value.detach().to("cpu", dtype).contiguous()
+        if key.endswith(".lora_A.weight"):
+            out[PREFIX + key.removesuffix(".lora_A.weight") + ".alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def save_lora(
+    path: str | Path,
+    peft_state: dict[str, torch.Tensor],
+    *,
+    rank: int,
+    alpha: float,
+    dtype: torch.dtype,
+    metadata: dict[str, object] | None = None,
+) -> None:
+    tensors = to_file_dict(peft_state, alpha, dtype)
+    meta = {"format": "zlora", "format_version": FORMAT_VERSION, "zlora_version": __version__,
+            "rank": str(rank), "alpha": str(alpha)}  # fmt: skip
+    for k, v in (metadata or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise UserError(f"{path}: LoRA files must be .safetensors (pickle files are never loaded)")
+    if not path.is_file():
+        raise UserError(f"LoRA file not found: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def lora_deltas(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``module -> (alpha / rank) * B @ A`` in fp32, for zlora-format tensors."""
+    out = {}
+    for key, a in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removeprefix(PREFIX).removesuffix(".lora_A.weight")
+        b = tensors[key.replace(".lora_A.", ".lora_B.")]
+        alpha_t = tensors.get(key.removesuffix(".lora_A.weight") + ".alpha")
+        rank = a.shape[0]
+        scale = (float(alpha_t) if alpha_t is not None else rank) / rank
+        out[module] = scale * (b.float() @ a.float())
+    return out

@@ -1,0 +1,142 @@
+"""Resolve a model reference to a local diffusers folder and load its components with the real loaders."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zlora.errors import UserError
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
+HUB_PATTERNS = ["model_index.json", *(f"{c}/*" for c in COMPONENTS)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"`job.device` is {name!r} but no CUDA device is available; use job.device=cpu or auto")
+    return dev
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def check_folder(folder: Path) -> None:
+    """Name every missing component of a diffusers folder at once."""
+    problems = []
+    if not (folder / "model_index.json").is_file():
+        problems.append(f"{folder}: no model_index.json; this is not a diffusers model folder")
+    for comp in ("transformer", "text_encoder", "vae"):
+        sub = folder / comp
+        if not (sub / "config.json").is_file():
+            problems.append(f"{folder}: {comp}/ has no config.json")
+        elif not any(sub.glob("*.safetensors")):
+            problems.append(f"{folder}: {comp}/ has no .safetensors weights")
+    if not (folder / "tokenizer").is_dir():
+        problems.append(f"{folder}: tokenizer/ is missing")
+    if not (folder / "scheduler").is_dir():
+        problems.append(f"{folder}: scheduler/ is missing")
+    if problems:
+        raise UserError(problems=problems)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    reference: str
+    folder: Path
+    revision: str | None = None
+
+
+def resolve_model(ref: str) -> ResolvedModel:
+    """``builtin:tiny`` | local diffusers folder | hub id ``org/name[@revision]`` -> local folder."""
+    if ref == "builtin:tiny":
+        from zlora.models.tiny import builtin_tiny_path
+
+        return ResolvedModel(ref, builtin_tiny_path())
+    path = Path(ref).expanduser()
+    if path.exists():
+        if path.is_file():
+            raise UserError(
+                f"`model.name_or_path` is a file: {path}; single-file transformers are not supported yet, "
+                "point it at a diffusers folder (model_index.json, transformer/, text_encoder/, vae/, ...)"
+            )
+        check_folder(path)
+        return ResolvedModel(ref, path)
+    if re.match(r"^[A-Za-z]:\\", ref) or "\\" in ref:
+        raise UserError(f"`model.name_or_path` looks like a Windows path ({ref}); use a POSIX path on this machine")
+    if not _HUB_ID.match(ref):
+        raise UserError(f"`model.name_or_path` is neither a folder nor a hub id (org/name): {ref}")
+    return _from_hub(ref)
+
+
+def _from_hub(ref: str) -> ResolvedModel:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, revision = ref.partition("@")
+    kwargs = dict(repo_id=repo_id, revision=revision or None, allow_patterns=HUB_PATTERNS)
+    try:  # a complete local copy is used without any network request
+        folder = snapshot_download(**kwargs, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        log.info("downloading %s (only the files a Z-Image pipeline needs)", ref)
+        try:
+            folder = snapshot_download(**kwargs)
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+            raise UserError(f"`model.name_or_path` {ref}: could not download ({type(e).__name__}: {e})") from None
+    check_folder(Path(folder))
+    return ResolvedModel(ref, Path(folder), revision or None)
+
+
+@dataclass
+class Components:
+    transformer: torch.nn.Module
+    text_encoder: torch.nn.Module | None
+    tokenizer: object | None
+    vae: torch.nn.Module
+    scheduler: object
+
+
+def load_components(folder: Path, dtype: torch.dtype, device: torch.device) -> Components:
+    """Each component through its own library's loader (safetensors only)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+    from transformers import AutoTokenizer, Qwen3Model
+
+    transformer = ZImageTransformer2DModel.from_pretrained(
+        folder, subfolder="transformer", torch_dtype=dtype, use_safetensors=True
+    )
+    text_encoder = Qwen3Model.from_pretrained(folder / "text_encoder", dtype=dtype, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    # The VAE stays in fp32: it is small (84 M) and encoding latents in low precision costs accuracy.
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+    for m in (transformer, text_encoder, vae):
+        m.requires_grad_(False).eval().to(device)
+    return Components(transformer, text_encoder, tokenizer, vae, scheduler)
+
+
+def make_pipeline(components: Components):
+    """A ZImagePipeline over already-loaded components (the text encoder may be None: pass prompt_embeds)."""
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline(
+        scheduler=components.scheduler,
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        transformer=components.transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

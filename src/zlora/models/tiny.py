@@ -1,0 +1,123 @@
+"""A tiny random Z-Image built from the real classes, saved in the diffusers folder layout.
+
+It is the test harness and the demo default (``builtin:tiny``): the loading, training and sampling code runs on it
+exactly as on the real 6 B model, only the configs are shrunk. Same seed -> same weights and tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from zlora.utils.io import cache_dir
+
+TINY_VERSION = 1  # bump when the recipe below changes, so cached copies are rebuilt
+
+# Qwen3's chat template, reduced to what ZImagePipeline uses: user turns, the generation prompt, and the empty
+# thinking block that the real template adds when enable_thinking is False.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+_CORPUS = [
+    "a photo of a red circle on a blue background",
+    "a green square, studio lighting, high detail",
+    "portrait of a woman with short hair, soft light",
+    "a cat sitting on a wooden table next to an apple",
+    "zlora style, a yellow triangle over a purple gradient",
+    "landscape with mountains, a lake and a small house at sunset",
+    "一只猫坐在桌子上", "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n",
+]
+
+TRANSFORMER_CONFIG = dict(
+    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=2, n_refiner_layers=1,
+    n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, rope_theta=256.0, t_scale=1000.0,
+    axes_dims=[8, 12, 12], axes_lens=[1024, 128, 128],
+)  # fmt: skip
+TEXT_ENCODER_CONFIG = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+    head_dim=16, max_position_embeddings=1024, rope_theta=1_000_000.0, tie_word_embeddings=False,
+)  # fmt: skip
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
+    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+)  # fmt: skip
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer trained offline on a fixed corpus, wrapped as Qwen2Tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    tok.train_from_iterator(_CORPUS, trainer)
+    return Qwen2Tokenizer(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
+    )
+
+
+def build_pipeline(seed: int = 0):
+    """The tiny ZImagePipeline in memory, deterministic from ``seed``."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = build_tokenizer()
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        transformer = ZImageTransformer2DModel(**TRANSFORMER_CONFIG)
+        # The pad tokens are not covered by the model's init; any model built from config must fill them.
+        with torch.no_grad():
+            transformer.x_pad_token.normal_(0.0, 0.02)
+            transformer.cap_pad_token.normal_(0.0, 0.02)
+        text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), **TEXT_ENCODER_CONFIG))
+        vae = AutoencoderKL(**VAE_CONFIG)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    return ZImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+
+
+def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model to ``out_dir`` (diffusers layout). Built in a temp folder, then renamed into place."""
+    out_dir = Path(out_dir)
+    if (out_dir / "model_index.json").is_file():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        build_pipeline(seed).save_pretrained(tmp)
+        if out_dir.exists() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            # Another process finished the same build first; its copy is identical.
+            if not (out_dir / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def builtin_tiny_path(seed: int = 0) -> Path:
+    """Folder of ``builtin:tiny`` in the cache, created on first use."""
+    return make_tiny(cache_dir() / "models" / f"tiny-v{TINY_VERSION}-seed{seed}", seed)

@@ -1,0 +1,70 @@
+"""Checkpoints: ``checkpoints/step-NNNNNN/`` with the user-facing ``lora.safetensors`` and ``state.pt`` (fp32 LoRA
+weights, optimizer, LR scheduler, RNG and data position). A folder is written under a temporary name and renamed
+when complete, so a killed process never leaves a checkpoint that looks complete."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+STATE_FILE = "state.pt"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    found = []
+    for p in ckpt_root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_root: Path) -> tuple[int, Path] | None:
+    found = list_checkpoints(ckpt_root)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    ckpt_root: Path, step: int, state: dict, write_lora: Callable[[Path], None], keep: int
+) -> Path:
+    """Write ``state`` and the LoRA into a temp folder, fsync, rename to ``step-NNNNNN``, prune to ``keep``."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / step_dir_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=ckpt_root))
+    try:
+        write_lora(tmp / "lora.safetensors")
+        torch.save(state, tmp / STATE_FILE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():  # re-saving the same step (e.g. after a resume at that step)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for _, old in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob(".step-*.tmp"):  # leftovers of a killed save
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_state(path: Path) -> dict:
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)

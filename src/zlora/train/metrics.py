@@ -1,0 +1,58 @@
+"""metrics.jsonl (one line per step) and loss.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zlora.utils.io import atomic_write, atomic_write_text
+
+
+class MetricsLog:
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        # A killed run may have logged steps after its last checkpoint; those steps are redone, so drop them.
+        if path.is_file():
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def log(self, **row) -> None:
+        self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def plot_loss(metrics_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    loss = [r["loss"] for r in rows]
+    smooth, ema = [], 0.0
+    for i, v in enumerate(loss, 1):  # a (bias-corrected) EMA shows the trend through the noisy per-step loss
+        ema = 0.9 * ema + 0.1 * v
+        smooth.append(ema / (1 - 0.9**i))
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    ax.plot(steps, loss, alpha=0.3, label="loss")
+    ax.plot(steps, smooth, label="EMA 0.9")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(out_png, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
