@@ -119,7 +119,9 @@ def parse_config(data: Any, source: str = "config") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(f"{source}: expected a mapping of sections (job, model, train, ...), got {type(data).__name__}")
+        raise UserError(
+            f"{source}: expected a mapping of sections (job, model, train, ...), got {type(data).__name__}"
+        )
     try:
         return Config.model_validate(data)
     except ValidationError as e:
@@ -143,7 +145,9 @@ def check_paths(cfg: Config, source: str = "config") -> None:
 def load_config(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Config:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}; pass the path of a YAML file, e.g. configs/quickstart.yaml")
+        raise UserError(
+            f"config file not found: {path}; pass the path of a YAML file, e.g. configs/quickstart.yaml"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

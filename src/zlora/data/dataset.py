@@ -88,19 +88,20 @@ class BatchOrder:
     def __init__(self, n: int, seed: int):
         self.n, self.seed = n, seed
         self.epoch, self.cursor = 0, 0
+        self._perm_cache: tuple[int, list[int]] | None = None
 
     def _perm(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+        if self._perm_cache is None or self._perm_cache[0] != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            self._perm_cache = (self.epoch, torch.randperm(self.n, generator=g).tolist())
+        return self._perm_cache[1]
 
     def next_batch(self, batch_size: int) -> list[int]:
         out: list[int] = []
-        perm = self._perm()
         while len(out) < batch_size:
             if self.cursor >= self.n:
                 self.epoch, self.cursor = self.epoch + 1, 0
-                perm = self._perm()
-            take = perm[self.cursor : self.cursor + batch_size - len(out)]
+            take = self._perm()[self.cursor : self.cursor + batch_size - len(out)]
             out += take
             self.cursor += len(take)
         return out

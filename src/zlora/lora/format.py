@@ -19,7 +19,9 @@ PREFIX = "diffusion_model."
 FORMAT_VERSION = "1"
 
 
-def to_file_dict(peft_state: dict[str, torch.Tensor], alpha: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def to_file_dict(
+    peft_state: dict[str, torch.Tensor], alpha: float, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """peft keys (``layers.0.attention.to_q.lora_A.weight``) -> file keys with prefix and per-module alpha."""
     out: dict[str, torch.Tensor] = {}
     for key, value in peft_state.items():

@@ -24,7 +24,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"`job.device` is {name!r} but no CUDA device is available; use job.device=cpu or auto")
+        raise UserError(
+            f"`job.device` is {name!r} but no CUDA device is available; use job.device=cpu or auto"
+        )
     return dev
 
 
@@ -76,7 +78,9 @@ def resolve_model(ref: str) -> ResolvedModel:
         check_folder(path)
         return ResolvedModel(ref, path)
     if re.match(r"^[A-Za-z]:\\", ref) or "\\" in ref:
-        raise UserError(f"`model.name_or_path` looks like a Windows path ({ref}); use a POSIX path on this machine")
+        raise UserError(
+            f"`model.name_or_path` looks like a Windows path ({ref}); use a POSIX path on this machine"
+        )
     if not _HUB_ID.match(ref):
         raise UserError(f"`model.name_or_path` is neither a folder nor a hub id (org/name): {ref}")
     return _from_hub(ref)
@@ -95,7 +99,9 @@ def _from_hub(ref: str) -> ResolvedModel:
         try:
             folder = snapshot_download(**kwargs)
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
-            raise UserError(f"`model.name_or_path` {ref}: could not download ({type(e).__name__}: {e})") from None
+            raise UserError(
+                f"`model.name_or_path` {ref}: could not download ({type(e).__name__}: {e})"
+            ) from None
     check_folder(Path(folder))
     return ResolvedModel(ref, Path(folder), revision or None)
 
@@ -120,7 +126,9 @@ def load_components(folder: Path, dtype: torch.dtype, device: torch.device) -> C
     text_encoder = Qwen3Model.from_pretrained(folder / "text_encoder", dtype=dtype, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     # The VAE stays in fp32: it is small (84 M) and encoding latents in low precision costs accuracy.
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True)
+    vae = AutoencoderKL.from_pretrained(
+        folder, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True
+    )
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
     for m in (transformer, text_encoder, vae):
         m.requires_grad_(False).eval().to(device)

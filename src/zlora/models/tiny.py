@@ -35,7 +35,9 @@ _CORPUS = [
     "a cat sitting on a wooden table next to an apple",
     "zlora style, a yellow triangle over a purple gradient",
     "landscape with mountains, a lake and a small house at sunset",
-    "一只猫坐在桌子上", "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n",
+    "一只猫坐在桌子上",
+    "<|im_start|>user\n",
+    "<|im_end|>\n<|im_start|>assistant\n",
 ]
 
 TRANSFORMER_CONFIG = dict(
@@ -74,7 +76,12 @@ def build_tokenizer():
 
 def build_pipeline(seed: int = 0):
     """The tiny ZImagePipeline in memory, deterministic from ``seed``."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
     from transformers import Qwen3Config, Qwen3Model
 
     tokenizer = build_tokenizer()
@@ -90,7 +97,9 @@ def build_pipeline(seed: int = 0):
         vae = AutoencoderKL(**VAE_CONFIG)
     finally:
         torch.random.set_rng_state(gen_state)
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False
+    )
     return ZImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )

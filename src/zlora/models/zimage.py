@@ -27,7 +27,11 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 def predict(
-    transformer, x_s: list[torch.Tensor], sigma: torch.Tensor, cap_feats: list[torch.Tensor], dtype: torch.dtype
+    transformer,
+    x_s: list[torch.Tensor],
+    sigma: torch.Tensor,
+    cap_feats: list[torch.Tensor],
+    dtype: torch.dtype,
 ) -> list[torch.Tensor]:
     """Raw transformer output for noisy latents ``x_s`` (B x (C, H, W), sizes may differ) at sigmas (B,)."""
     x_list = [x.to(dtype).unsqueeze(1) for x in x_s]  # B x (C, 1, H, W)
@@ -50,7 +54,10 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 
 def chat_prompt(tokenizer, prompt: str) -> str:
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+        [{"role": "user", "content": prompt}],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=True,
     )
 
 

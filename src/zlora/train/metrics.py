@@ -13,7 +13,11 @@ class MetricsLog:
         self.path = path
         # A killed run may have logged steps after its last checkpoint; those steps are redone, so drop them.
         if path.is_file():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            kept = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= resume_step
+            ]
             atomic_write_text(path, "".join(ln + "\n" for ln in kept))
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 

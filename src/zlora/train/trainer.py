@@ -65,7 +65,13 @@ class Trainer:
         atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         self._write_run_json()
 
-        log.info("loading %s from %s (%s, %s)", cfg.model.name_or_path, self.model_ref.folder, self.dtype, self.device)
+        log.info(
+            "loading %s from %s (%s, %s)",
+            cfg.model.name_or_path,
+            self.model_ref.folder,
+            self.dtype,
+            self.device,
+        )
         self.parts = load_components(self.model_ref.folder, self.dtype, self.device)
         self._encode_dataset(samples)
         self._encode_sample_prompts()
@@ -96,7 +102,9 @@ class Trainer:
         import transformers
 
         folder = self.model_ref.folder
-        files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+        files = {
+            str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()
+        }
         info = {
             "base_model": {"reference": self.model_ref.reference, "folder": str(folder),
                            "revision": self.model_ref.revision, "file_sizes": files},
@@ -111,7 +119,9 @@ class Trainer:
         """VAE-encode every image and text-encode every distinct caption once, keeping both in memory."""
         samples, pixels = load_samples(samples)
         p = self.parts
-        vae_gen = torch.Generator(self.device).manual_seed(self.cfg.train.seed)  # same latents on every resume
+        vae_gen = torch.Generator(self.device).manual_seed(
+            self.cfg.train.seed
+        )  # same latents on every resume
         self.latents = [
             zimage.encode_images(p.vae, px.unsqueeze(0), vae_gen)[0]  # (C, H/8, W/8)
             for px in tqdm(pixels, desc="encoding images", unit="img", leave=False)
@@ -125,7 +135,9 @@ class Trainer:
     def _encode_sample_prompts(self) -> None:
         s = self.cfg.sample
         p = self.parts
-        self.sample_embeds = zimage.encode_prompts(p.tokenizer, p.text_encoder, s.prompts) if s.prompts else []
+        self.sample_embeds = (
+            zimage.encode_prompts(p.tokenizer, p.text_encoder, s.prompts) if s.prompts else []
+        )
         self.neg_embed = zimage.encode_prompts(p.tokenizer, p.text_encoder, [s.neg])[0]
 
     def _add_lora(self) -> None:
@@ -196,7 +208,7 @@ class Trainer:
             self.step += 1
             lr = self.lr_scheduler.get_last_lr()[0]
             self.metrics.log(step=self.step, loss=loss, lr=lr, seconds=round(time.perf_counter() - t0, 6))
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # bar.update() redraws
             bar.update()
 
             done = self.step == cfg.train.steps
@@ -232,7 +244,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         value = loss.item()
         if not math.isfinite(value):
-            raise RuntimeError(f"loss is {value} at step {self.step + 1}; lower train.lr or use model.dtype=fp32")
+            raise RuntimeError(
+                f"loss is {value} at step {self.step + 1}; lower train.lr or use model.dtype=fp32"
+            )
         return value
 
     @torch.no_grad()

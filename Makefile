@@ -1,0 +1,44 @@
+# `make demo`: create .venv, install, train the quickstart job on the built-in tiny model.
+# `make test`: the same set-up plus dev tools, then lint and the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU-only machines get the CPU build of PyTorch first; an unpinned `torch` would pull a multi-GB CUDA build.
+TORCH_CPU := torch==2.13.0
+
+.PHONY: install install-dev demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "CUDA found: installing the default (CUDA) PyTorch build"; \
+	else \
+		echo "no CUDA: installing the CPU build $(TORCH_CPU)"; \
+		$(BIN)/python -m pip install -q "$(TORCH_CPU)"; \
+	fi
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/zlora train configs/quickstart.yaml
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+test: install-dev lint
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+clean:
+	rm -rf $(VENV) output .pytest_cache
