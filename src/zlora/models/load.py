@@ -115,8 +115,9 @@ class Components:
     scheduler: object
 
 
-def load_components(folder: Path, dtype: torch.dtype, device: torch.device) -> Components:
-    """Each component through its own library's loader (safetensors only)."""
+def load_components(folder: Path, dtype: torch.dtype, device: torch.device | None = None) -> Components:
+    """Each component through its own library's loader (safetensors only), frozen, in eval mode; moved to
+    ``device`` if given (the trainer moves them itself, so the text encoder and transformer never share the GPU)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
     from transformers import AutoTokenizer, Qwen3Model
 
@@ -131,7 +132,9 @@ def load_components(folder: Path, dtype: torch.dtype, device: torch.device) -> C
     )
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
     for m in (transformer, text_encoder, vae):
-        m.requires_grad_(False).eval().to(device)
+        m.requires_grad_(False).eval()
+        if device is not None:
+            m.to(device)
     return Components(transformer, text_encoder, tokenizer, vae, scheduler)
 
 

@@ -72,15 +72,17 @@ class Trainer:
             self.dtype,
             self.device,
         )
-        self.parts = load_components(self.model_ref.folder, self.dtype, self.device)
+        self.parts = load_components(self.model_ref.folder, self.dtype)
+        self.parts.text_encoder.to(self.device)
+        self.parts.vae.to(self.device)
         self._encode_dataset(samples)
         self._encode_sample_prompts()
-        # Everything the text encoder is needed for is encoded now: free it for the rest of the run.
+        # Everything the text encoder is needed for is encoded now: free it before the transformer moves in.
         self.parts.text_encoder = self.parts.tokenizer = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-        self.transformer = self.parts.transformer
+        self.transformer = self.parts.transformer.to(self.device)
         self._add_lora()
         self.params = [p for p in self.transformer.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, **cfg.train.optimizer_params)
