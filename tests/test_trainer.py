@@ -151,3 +151,10 @@ def _assert_same_lora(a, b):
         assert set(fa.keys()) == set(fb.keys())
         for k in fa.keys():
             assert torch.equal(fa.get_tensor(k), fb.get_tensor(k)), k
+
+
+def test_bad_optimizer_params_are_a_user_error(make_config):
+    from zlora.errors import UserError
+
+    with pytest.raises(UserError, match=r"`train.optimizer_params` for adamw: .*betass"):
+        _setup(make_config({"train": {"optimizer_params": {"betass": 0.9}}}))

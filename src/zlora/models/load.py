@@ -106,6 +106,36 @@ def _from_hub(ref: str) -> ResolvedModel:
     return ResolvedModel(ref, Path(folder), revision or None)
 
 
+def resolve_file_ref(ref: str, field: str) -> Path:
+    """A ``.safetensors`` FILE: a local path, or a hub file ``org/repo/path/file.safetensors``."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        inside = ", ".join(sorted(p.name for p in path.glob("*.safetensors"))) or "(no .safetensors files)"
+        raise UserError(f"`{field}` is a folder: {path}. Point it at one of: {inside}")
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise UserError(f"`{field}` must be a .safetensors file (pickle files are never loaded): {path}")
+        return path
+    if re.match(r"^[A-Za-z]:[\\/]", ref) or "\\" in ref:
+        raise UserError(f"`{field}` looks like a Windows path ({ref}); use a POSIX path on this machine")
+    parts = ref.split("/")
+    if len(parts) < 3 or not ref.endswith(".safetensors") or ref.startswith(("/", ".", "~")):
+        raise UserError(
+            f"`{field}` not found: {ref}; give a local .safetensors file or org/repo/file.safetensors"
+        )
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        try:
+            return Path(hf_hub_download(repo_id, filename))
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+            raise UserError(f"`{field}` {ref}: could not download ({type(e).__name__}: {e})") from None
+
+
 @dataclass
 class Components:
     transformer: torch.nn.Module

@@ -21,7 +21,14 @@ from zlora.data.dataset import BatchOrder, load_samples, scan_dataset
 from zlora.errors import UserError
 from zlora.lora.format import save_lora
 from zlora.models import zimage
-from zlora.models.load import load_components, make_pipeline, resolve_device, resolve_dtype, resolve_model
+from zlora.models.load import (
+    load_components,
+    make_pipeline,
+    resolve_device,
+    resolve_dtype,
+    resolve_file_ref,
+    resolve_model,
+)
 from zlora.train import checkpoint
 from zlora.train.metrics import MetricsLog, plot_loss
 from zlora.train.sampling import render_previews
@@ -29,6 +36,8 @@ from zlora.train.timesteps import sample_sigmas
 from zlora.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+USER_LORA = "default"  # peft's name for the adapter add_adapter creates: the LoRA being trained
+ADAPTER = "assistant"  # the Turbo training adapter (model.assistant_lora_path)
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -54,13 +63,10 @@ class Trainer:
         cfg = self.cfg
         self.device = resolve_device(cfg.job.device)
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
-        if cfg.model.assistant_lora_path:
-            raise UserError(
-                "`model.assistant_lora_path` (the Turbo training adapter) is not supported by this version yet; "
-                "remove it, or train on a De-Turbo/Base model"
-            )
         samples = [s for i, ds in enumerate(cfg.datasets) for s in scan_dataset(ds, i)]
         self.model_ref = resolve_model(cfg.model.name_or_path)
+        adapter = cfg.model.assistant_lora_path
+        self.adapter_path = resolve_file_ref(adapter, "model.assistant_lora_path") if adapter else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         self._write_run_json()
@@ -84,8 +90,13 @@ class Trainer:
 
         self.transformer = self.parts.transformer.to(self.device)
         self._add_lora()
+        if self.adapter_path:
+            self._load_training_adapter()
         self.params = [p for p in self.transformer.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, **cfg.train.optimizer_params)
+        try:
+            self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, **cfg.train.optimizer_params)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"`train.optimizer_params` for {cfg.train.optimizer}: {e}") from None
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(
@@ -154,7 +165,7 @@ class Trainer:
         )  # fmt: skip
         torch.manual_seed(self.cfg.train.seed)  # LoRA A init
         try:
-            self.transformer.add_adapter(self.lora_config)
+            self.transformer.add_adapter(self.lora_config, adapter_name=USER_LORA)
         except ValueError as e:
             raise UserError(f"`network.target_modules` matched no module of the transformer ({e})") from None
         for p in self.transformer.parameters():
@@ -162,6 +173,36 @@ class Trainer:
                 p.data = p.data.float()
         if self.cfg.train.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
+
+    def _load_training_adapter(self) -> None:
+        """The Turbo training adapter: a second, frozen LoRA that de-distils Turbo while training. It stays a
+        separate adapter (never merged), so switching it off for previews is exact and it is never saved."""
+        from diffusers import ZImagePipeline
+
+        try:  # diffusers' converter reads every Z-Image LoRA key format (ai-toolkit, kohya, diffusers, ...)
+            state = ZImagePipeline.lora_state_dict(str(self.adapter_path))
+            self.transformer.load_lora_adapter(state, adapter_name=ADAPTER, prefix="transformer")
+        except (ValueError, KeyError, RuntimeError, OSError) as e:
+            raise UserError(
+                f"`model.assistant_lora_path` {self.adapter_path}: not a Z-Image LoRA ({type(e).__name__}: {e})"
+            ) from None
+        # diffusers only warns when no key matches the model; a silently ignored adapter would ruin the run.
+        if ADAPTER not in getattr(self.transformer, "peft_config", {}):
+            raise UserError(
+                f"`model.assistant_lora_path` {self.adapter_path}: no key matches a Z-Image transformer module; "
+                "is it a LoRA for another model (SDXL, Flux, ...)?"
+            )
+        self._use_adapter(training=True)
+        log.info("training adapter %s loaded (active in training, off for previews)", self.adapter_path)
+
+    def _use_adapter(self, training: bool) -> None:
+        """Training forwards see user LoRA + adapter; previews the user LoRA alone. Only the user LoRA trains."""
+        if not self.adapter_path:
+            return
+        self.transformer.set_adapters([USER_LORA, ADAPTER] if training else [USER_LORA])
+        for name, p in self.transformer.named_parameters():
+            if ".lora_" in name:  # peft's set_adapters marks every active adapter trainable: undo that
+                p.requires_grad_(f".{USER_LORA}." in name)
 
     def _resume(self) -> None:
         found = checkpoint.latest_checkpoint(self.ckpt_root)
@@ -255,10 +296,12 @@ class Trainer:
     def sample(self) -> None:
         was_training = self.transformer.training
         self.transformer.eval()
+        self._use_adapter(training=False)
         tag = checkpoint.step_dir_name(self.step)
         path = render_previews(self.pipe, self.cfg.sample.prompts, self.sample_embeds, self.neg_embed,
                                self.cfg.sample, self.run_dir / "samples", tag)  # fmt: skip
         log.info("preview grid: %s", path)
+        self._use_adapter(training=True)
         self.transformer.train(was_training)
 
     # ------------------------------------------------------------------ save
@@ -268,7 +311,7 @@ class Trainer:
     def _lora_state(self) -> dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.transformer)
+        return get_peft_model_state_dict(self.transformer, adapter_name=USER_LORA)
 
     def write_lora(self, path: Path) -> None:
         cfg = self.cfg
