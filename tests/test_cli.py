@@ -56,3 +56,24 @@ def test_missing_model_folder_component_is_named(make_config, tmp_path):
         assert any("transformer/ has no config.json" in p for p in e.problems)
     else:
         raise AssertionError("expected a UserError")
+
+
+def test_a_hub_model_complete_in_the_hf_cache_is_used_offline(tiny_dir, tmp_path):
+    """A fabricated HF cache (refs/main -> snapshots/<commit>/) with HF_HUB_OFFLINE=1: no network is possible."""
+    import os
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-zimage"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_dir, repo / "snapshots" / commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "o.png"
+    r = subprocess.run([*ZLORA, "generate", "--model", "acme/tiny-zimage", "--prompt", "x", "--steps", "2",
+                        "--width", "32", "--height", "32", "--out", str(out)], capture_output=True, text=True, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Image.open(out).size == (32, 32)
+    r = subprocess.run([*ZLORA, "generate", "--model", "acme/other", "--prompt", "x", "--out", str(out)],
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    assert r.returncode == 2 and "acme/other" in r.stderr and "Traceback" not in r.stderr

@@ -119,3 +119,17 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(mak
     r = subprocess.run([*ZLORA, "train", str(cfg)], capture_output=True, text=True, env={**os.environ})
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_equal(_tensors(run / "ctrlc.safetensors"), reference_lora)
+
+
+def test_sigterm_also_writes_a_checkpoint_and_exits_with_143(make_config):
+    cfg = _write_config(make_config, "term")
+    run = _run_dir(cfg)
+    proc = _start(cfg)
+    metrics = run / "metrics.jsonl"
+    _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Run the same command again to resume" in err
+    logged = len(metrics.read_text().splitlines())
+    assert (run / "checkpoints" / f"step-{logged:06d}" / "state.pt").is_file()

@@ -97,7 +97,8 @@ def _text_parts(tiny_dir):
 
 def test_run_folder_holds_lora_checkpoints_metrics_plot_and_previews(make_config):
     cfg = make_config({"train": {"steps": 5}, "save": {"save_every": 2, "max_step_saves_to_keep": 2, "dtype": "bf16"},
-                       "sample": {"sample_every": 5, "prompts": ["one", "two"], "samples_per_prompt": 2}})  # fmt: skip
+                       "sample": {"sample_every": 5, "prompts": ["one", "two"], "samples_per_prompt": 2,
+                                  "guidance_scale": 2.0, "neg": "blurry"}})  # fmt: skip
     lora = run_training(cfg)
     run = lora.parent
     assert lora.name == "t.safetensors"
