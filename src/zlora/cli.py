@@ -58,6 +58,22 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- lora
+def cmd_lora_inspect(args: argparse.Namespace) -> int:
+    from zlora.lora.tools import inspect_lora
+
+    print(inspect_lora(args.file))
+    return 0
+
+
+def cmd_lora_convert(args: argparse.Namespace) -> int:
+    from zlora.lora.tools import convert_lora
+
+    source = convert_lora(args.src, args.dst, args.to)
+    print(f"{args.src} ({source}) -> {args.dst} ({args.to})")
+    return 0
+
+
 # ---------------------------------------------------------------- generate
 def _parse_lora_arg(text: str) -> tuple[str, float]:
     """``FILE[:WEIGHT]``; a trailing ``:number`` is the weight (so Windows-style ``C:`` prefixes survive)."""
@@ -126,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_models_make_tiny)
+
+    lora = sub.add_parser("lora", help="inspect and convert LoRA files").add_subparsers(
+        dest="sub", required=True
+    )
+    p = lora.add_parser("inspect", help="format, rank, alpha, metadata and per-block delta norms")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_lora_inspect)
+    p = lora.add_parser("convert", help="rewrite a LoRA in another key format (lossless)")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--to", required=True, choices=["zlora", "diffusers", "kohya", "comfy-fused"])
+    p.set_defaults(func=cmd_lora_convert)
     return parser
 
 

@@ -1,0 +1,98 @@
+"""``zlora lora inspect`` and ``zlora lora convert``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from zlora.lora.format import read_lora
+from zlora.lora.formats import (
+    DIFFUSERS_METADATA_KEY,
+    LoraModule,
+    detect_format,
+    diffusers_metadata,
+    read_modules,
+    write_modules,
+)
+from zlora.utils.io import atomic_write
+
+_BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
+COMPONENT_NAMES = {
+    "attention.to_q": "q", "attention.to_k": "k", "attention.to_v": "v", "attention.to_out.0": "out",
+    "feed_forward.w1": "w1", "feed_forward.w2": "w2", "feed_forward.w3": "w3", "adaLN_modulation.0": "adaLN",
+}  # fmt: skip
+
+
+def delta_norm(m: LoraModule) -> float:
+    """||(alpha/r) B A||_F via r x r Gram matrices: trace((B^T B)(A A^T)), no (out x in) product needed."""
+    a, b = m.A.double(), m.B.double()
+    scale = (m.alpha if m.alpha is not None else m.rank) / m.rank
+    return scale * float(torch.sum((b.T @ b) * (a @ a.T)).clamp_min(0).sqrt())
+
+
+def inspect_lora(path: str | Path) -> str:
+    tensors, meta = read_lora(path)
+    fmt = detect_format(list(tensors))
+    modules = read_modules(tensors, fmt, meta)
+    ranks = sorted({m.rank for m in modules.values()})
+    alphas = sorted({m.alpha for m in modules.values() if m.alpha is not None})
+    no_alpha = sum(m.alpha is None for m in modules.values())
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    lines = [
+        f"file:     {path}",
+        f"format:   {fmt}" + (" (ai-toolkit style: no .alpha keys)" if fmt == "zlora" and no_alpha else ""),
+        f"modules:  {len(modules)}",
+        f"rank:     {', '.join(map(str, ranks))}",
+        "alpha:    " + (", ".join(f"{a:g}" for a in alphas) if alphas else "")
+        + (f"{'; ' if alphas else ''}not stored for {no_alpha} modules: loaders use alpha = rank" if no_alpha else ""),
+        f"dtype:    {', '.join(sorted({str(t.dtype).removeprefix('torch.') for t in tensors.values()}))}",
+    ]  # fmt: skip
+    if bad:
+        lines.append(f"NOT FINITE: {len(bad)} tensors hold NaN/inf, e.g. {bad[0]}")
+    for k, v in sorted(meta.items()):
+        lines.append(f"meta {k}: {v[:100]}")
+
+    table: dict[str, dict[str, float]] = {}
+    other = []
+    for name, m in modules.items():
+        match = _BLOCK.match(name)
+        comp = COMPONENT_NAMES.get(match.group(3)) if match else None
+        if comp is None:
+            other.append(name)
+            continue
+        table.setdefault(f"{match.group(1)}.{match.group(2)}", {})[comp] = delta_norm(m)
+    comps = [c for c in COMPONENT_NAMES.values() if any(c in row for row in table.values())]
+    if table:
+        lines.append("")
+        lines.append("delta Frobenius norm per block x component")
+        lines.append(f"{'block':<20}" + "".join(f"{c:>10}" for c in comps))
+
+        def order(key: str) -> tuple:
+            kind, idx = key.rsplit(".", 1)
+            return (["noise_refiner", "context_refiner", "layers"].index(kind), int(idx))
+
+        for block in sorted(table, key=order):
+            row = table[block]
+            lines.append(
+                f"{block:<20}" + "".join(f"{row[c]:>10.4f}" if c in row else f"{'-':>10}" for c in comps)
+            )
+    if other:
+        lines.append(f"other modules: {', '.join(sorted(other))}")
+    return "\n".join(lines)
+
+
+def convert_lora(src: str | Path, dst: str | Path, fmt: str) -> str:
+    """Rewrite ``src`` in format ``fmt``; metadata is kept. Returns the source format."""
+    tensors, meta = read_lora(src)
+    source = detect_format(list(tensors))
+    modules = read_modules(tensors, source, meta)
+    out = write_modules(modules, fmt)
+    meta = {k: v for k, v in meta.items() if k != DIFFUSERS_METADATA_KEY}
+    meta.update(
+        format=fmt, converted_from=source, **(diffusers_metadata(modules) if fmt == "diffusers" else {})
+    )
+    atomic_write(dst, lambda p: save_file(out, str(p), metadata=meta))
+    return source

@@ -1,0 +1,129 @@
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import ZLORA
+from zlora.errors import UserError
+from zlora.lora.format import read_lora
+from zlora.lora.formats import LoraModule, detect_format, diffusers_metadata, read_modules, write_modules
+from zlora.lora.tools import convert_lora, delta_norm
+from zlora.models.load import load_components
+
+TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0", "feed_forward.w1",
+           "feed_forward.w2", "feed_forward.w3", "adaLN_modulation.0")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def transformer(tiny_dir):
+    return load_components(tiny_dir, torch.float32).transformer
+
+
+@pytest.fixture(scope="module")
+def modules(transformer) -> dict[str, LoraModule]:
+    """A random rank-4 LoRA on every block list of the tiny model, alpha 2 (so alpha != rank matters)."""
+    g = torch.Generator().manual_seed(11)
+    out = {}
+    for name, mod in transformer.named_modules():
+        if name.split(".")[0] in ("layers", "noise_refiner", "context_refiner") and name.endswith(TARGETS):
+            A = torch.randn(4, mod.in_features, generator=g) * 0.3
+            B = torch.randn(mod.out_features, 4, generator=g) * 0.3
+            out[name] = LoraModule(A, B, 2.0)
+    assert any("adaLN" in n for n in out) and any("noise_refiner" in n for n in out)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["zlora", "diffusers", "kohya", "comfy-fused"])
+def test_round_trip_through_each_format_is_bit_exact(modules, fmt, tmp_path):
+    src = tmp_path / "a.safetensors"
+    save_file(write_modules(modules, "zlora"), str(src))
+    convert_lora(src, tmp_path / "b.safetensors", fmt)
+    assert detect_format(list(read_lora(tmp_path / "b.safetensors")[0])) == fmt
+    convert_lora(tmp_path / "b.safetensors", tmp_path / "c.safetensors", "zlora")
+    a, _ = read_lora(src)
+    c, meta = read_lora(tmp_path / "c.safetensors")
+    assert a.keys() == c.keys()
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert meta["converted_from"] == fmt
+
+
+def test_kohya_names_keep_their_underscores(modules):
+    keys = set(write_modules(modules, "kohya"))
+    assert "lora_unet_layers_0_attention_to_out_0.lora_down.weight" in keys
+    assert "lora_unet_noise_refiner_0_adaLN_modulation_0.alpha" in keys
+    back = read_modules(write_modules(modules, "kohya"))
+    assert set(back) == set(modules)
+
+
+def test_a_trained_fused_qkv_splits_into_the_same_deltas():
+    g = torch.Generator().manual_seed(0)
+    fused = {
+        "layers.0.attention.qkv": LoraModule(
+            torch.randn(6, 8, generator=g), torch.randn(24, 6, generator=g), 3.0
+        )
+    }
+    tensors = write_modules(fused, "zlora")
+    split = read_modules(tensors, "comfy-fused")
+    full = fused["layers.0.attention.qkv"].delta()
+    for i, comp in enumerate(("to_q", "to_k", "to_v")):
+        torch.testing.assert_close(split[f"layers.0.attention.{comp}"].delta(), full[i * 8 : (i + 1) * 8])
+
+
+def test_delta_norm_matches_the_dense_product(modules):
+    m = next(iter(modules.values()))
+    assert delta_norm(m) == pytest.approx(torch.linalg.norm(m.delta()).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["zlora", "diffusers", "kohya"])
+def test_diffusers_loads_each_written_format_and_equals_the_delta_applied_by_hand(
+    modules, fmt, transformer, tiny_dir, tmp_path
+):
+    from diffusers import ZImagePipeline
+
+    path = tmp_path / f"{fmt}.safetensors"
+    save_file(
+        write_modules(modules, fmt),
+        str(path),
+        metadata=diffusers_metadata(modules) if fmt == "diffusers" else None,
+    )
+    pipe = ZImagePipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32)
+    pipe.load_lora_weights(str(path))
+    x, t, cap = (
+        [torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(1))],
+        torch.tensor([0.3]),
+        [torch.ones(5, 32)],
+    )
+    with torch.no_grad():
+        loaded = pipe.transformer(x, t, cap, return_dict=False)[0][0]
+        by_hand = load_components(tiny_dir, torch.float32).transformer
+        for name, m in modules.items():
+            by_hand.get_submodule(name).weight += m.delta()
+        expected = by_hand(x, t, cap, return_dict=False)[0][0]
+        base = transformer(x, t, cap, return_dict=False)[0][0]
+    torch.testing.assert_close(loaded, expected, rtol=1e-4, atol=1e-5)
+    assert (loaded - base).abs().max() > 1e-3
+
+
+def test_foreign_and_unknown_files_are_named():
+    with pytest.raises(UserError, match="SDXL"):
+        detect_format(["lora_te1_text_model_encoder_layers_0.lora_down.weight", "lora_te1_x.alpha"])
+    with pytest.raises(UserError, match="Flux"):
+        detect_format(
+            ["double_blocks.0.img_attn.qkv.lora_A.weight", "double_blocks.0.img_attn.qkv.lora_B.weight"]
+        )
+    with pytest.raises(UserError, match="unknown LoRA key format"):
+        detect_format(["foo.weight"])
+
+
+def test_cli_inspect_reports_alpha_equals_rank_for_ai_toolkit_files_and_refuses_pickles(modules, tmp_path):
+    tensors = {k: v for k, v in write_modules(modules, "zlora").items() if not k.endswith(".alpha")}
+    save_file(tensors, str(tmp_path / "aitk.safetensors"))
+    r = subprocess.run(
+        [*ZLORA, "lora", "inspect", str(tmp_path / "aitk.safetensors")], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "ai-toolkit" in r.stdout and "alpha = rank" in r.stdout and "layers.1" in r.stdout
+    (tmp_path / "x.ckpt").write_bytes(b"\x80\x04")
+    r = subprocess.run([*ZLORA, "lora", "inspect", str(tmp_path / "x.ckpt")], capture_output=True, text=True)
+    assert r.returncode == 2 and "never loaded" in r.stderr and "Traceback" not in r.stderr
