@@ -74,6 +74,45 @@ def cmd_lora_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_kept(kept: dict[str, float]) -> None:
+    if kept:
+        worst = min(kept, key=kept.get)
+        mean = sum(kept.values()) / len(kept)
+        print(f"kept energy: mean {mean:.4f}, lowest {kept[worst]:.4f} ({worst})")
+
+
+def cmd_lora_scale(args: argparse.Namespace) -> int:
+    from zlora.lora.edit import Multipliers, parse_layer_spec
+    from zlora.lora.tools import scale_lora
+
+    comps = {c: getattr(args, c) for c in ("adaln", "qk", "v", "out", "ffn", "w1", "w2", "w3")}
+    if comps["ffn"] is not None and any(comps[w] is not None for w in ("w1", "w2", "w3")):
+        raise UserError("use either --ffn or --w1/--w2/--w3, not both")
+    mult = Multipliers(
+        args.ratio, {c: v for c, v in comps.items() if v is not None}, parse_layer_spec(args.layers)
+    )
+    scale_lora(args.src, args.dst, mult)
+    print(args.dst)
+    return 0
+
+
+def cmd_lora_merge(args: argparse.Namespace) -> int:
+    from zlora.lora.tools import merge_loras
+
+    inputs = [_parse_lora_arg(x) for x in args.inputs]
+    _report_kept(merge_loras(inputs, args.output, args.rank))
+    print(args.output)
+    return 0
+
+
+def cmd_lora_resize(args: argparse.Namespace) -> int:
+    from zlora.lora.tools import resize_lora
+
+    _report_kept(resize_lora(args.src, args.dst, args.rank))
+    print(args.dst)
+    return 0
+
+
 # ---------------------------------------------------------------- generate
 def _parse_lora_arg(text: str) -> tuple[str, float]:
     """``FILE[:WEIGHT]``; a trailing ``:number`` is the weight (so Windows-style ``C:`` prefixes survive)."""
@@ -154,6 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--to", required=True, choices=["zlora", "diffusers", "kohya", "comfy-fused"])
     p.set_defaults(func=cmd_lora_convert)
+    p = lora.add_parser("scale", help="multiply the delta per component and per layer (times --ratio)")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--ratio", type=float, default=1.0, help="overall multiplier")
+    for comp, text in (("adaln", "adaLN_modulation"), ("qk", "to_q and to_k"), ("v", "to_v"), ("out", "to_out"),
+                       ("ffn", "w1, w2 and w3"), ("w1", "w1"), ("w2", "w2"), ("w3", "w3")):  # fmt: skip
+        p.add_argument(f"--{comp}", type=float, default=None, help=f"multiplier for {text}")
+    p.add_argument("--layers", default=None, help='per-layer multipliers, e.g. "0-9:0.5,20-29:1.2"')
+    p.set_defaults(func=cmd_lora_scale)
+    p = lora.add_parser("merge", help="merge LoRAs with weights (exact, or SVD to --rank)")
+    p.add_argument("inputs", nargs="+", metavar="FILE[:WEIGHT]")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--rank", type=int, default=None, help="reduce the merged LoRA to this rank (SVD)")
+    p.set_defaults(func=cmd_lora_merge)
+    p = lora.add_parser("resize", help="reduce a LoRA's rank (SVD), reporting the kept energy")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--rank", type=int, required=True)
+    p.set_defaults(func=cmd_lora_resize)
     return parser
 
 

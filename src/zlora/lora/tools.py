@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from zlora.errors import UserError
+from zlora.lora.edit import Multipliers, merge, reduce_rank, scale
 from zlora.lora.format import read_lora
 from zlora.lora.formats import (
     DIFFUSERS_METADATA_KEY,
@@ -86,13 +89,52 @@ def inspect_lora(path: str | Path) -> str:
 
 def convert_lora(src: str | Path, dst: str | Path, fmt: str) -> str:
     """Rewrite ``src`` in format ``fmt``; metadata is kept. Returns the source format."""
-    tensors, meta = read_lora(src)
-    source = detect_format(list(tensors))
-    modules = read_modules(tensors, source, meta)
+    modules, source, meta = _read(src)
+    write_lora(modules, dst, fmt, {**meta, "converted_from": source})
+    return source
+
+
+def _read(path: str | Path) -> tuple[dict[str, LoraModule], str, dict[str, str]]:
+    tensors, meta = read_lora(path)
+    fmt = detect_format(list(tensors))
+    return read_modules(tensors, fmt, meta), fmt, meta
+
+
+def write_lora(modules: dict[str, LoraModule], dst: str | Path, fmt: str, meta: dict[str, str]) -> None:
+    """Write canonical modules in ``fmt`` (diffusers: alpha in lora_adapter_metadata), atomically."""
+    bad = [n for n, m in modules.items() if not (torch.isfinite(m.A).all() and torch.isfinite(m.B).all())]
+    if bad:
+        raise UserError(f"refusing to write NaN/inf weights (modules: {', '.join(bad[:3])})")
     out = write_modules(modules, fmt)
     meta = {k: v for k, v in meta.items() if k != DIFFUSERS_METADATA_KEY}
-    meta.update(
-        format=fmt, converted_from=source, **(diffusers_metadata(modules) if fmt == "diffusers" else {})
-    )
+    meta["format"] = fmt
+    if fmt == "diffusers":
+        meta.update(diffusers_metadata(modules))
     atomic_write(dst, lambda p: save_file(out, str(p), metadata=meta))
-    return source
+
+
+def scale_lora(src: str | Path, dst: str | Path, mult: Multipliers) -> None:
+    modules, fmt, meta = _read(src)
+    write_lora(scale(modules, mult), dst, fmt, meta)
+
+
+def merge_loras(
+    inputs: list[tuple[str, float]], dst: str | Path, rank: int | None = None
+) -> dict[str, float]:
+    """Exact merge (ranks concatenated), or with ``rank`` an SVD down to it; returns kept energy per module."""
+    loaded = [(_read(path)[0], weight) for path, weight in inputs]
+    merged = merge(loaded)
+    kept: dict[str, float] = {}
+    if rank is not None:
+        merged, kept = reduce_rank(merged, rank)
+    meta = {"merged_from": json.dumps([[str(p), w] for p, w in inputs]), "rank": str(rank or "concatenated")}
+    write_lora({n: LoraModule(m.A.contiguous(), m.B.contiguous(), m.alpha) for n, m in merged.items()}, dst,
+               "zlora", meta)  # fmt: skip
+    return kept
+
+
+def resize_lora(src: str | Path, dst: str | Path, rank: int) -> dict[str, float]:
+    modules, fmt, meta = _read(src)
+    resized, kept = reduce_rank(modules, rank)
+    write_lora(resized, dst, fmt, {**meta, "rank": str(rank)})
+    return kept

@@ -1,0 +1,107 @@
+"""Editing LoRAs in canonical form: per-component / per-layer scaling, merging, rank reduction.
+
+Scaling multiplies B (the delta is linear in B), so unchosen modules stay bit-identical. Merging without a rank
+concatenates ranks, so the merged delta equals the weighted sum of deltas. Rank reduction takes an SVD of the
+delta from its factors (QR of B and A^T, then an SVD of a small k x k matrix), never forming the (out x in) delta.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from zlora.errors import UserError
+from zlora.lora.formats import LoraModule
+
+_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+COMPONENTS = {  # CLI option -> module suffixes inside a block
+    "adaln": ("adaLN_modulation.0",),
+    "qk": ("attention.to_q", "attention.to_k"),
+    "v": ("attention.to_v",),
+    "out": ("attention.to_out.0",),
+    "ffn": ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3"),
+    "w1": ("feed_forward.w1",),
+    "w2": ("feed_forward.w2",),
+    "w3": ("feed_forward.w3",),
+}
+
+
+def parse_layer_spec(spec: str | None) -> dict[int, float]:
+    """``"0-9:0.5,20-29:1.2"`` -> {layer: multiplier}."""
+    out: dict[int, float] = {}
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?:(-?[\d.]+(?:e-?\d+)?)", part)
+        if not m:
+            raise UserError(f"--layers entry {part!r} must look like 0-9:0.5 or 12:1.2")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise UserError(f"--layers entry {part!r}: range end is below its start")
+        for i in range(lo, hi + 1):
+            out[i] = float(m.group(3))
+    return out
+
+
+@dataclass
+class Multipliers:
+    ratio: float = 1.0
+    components: dict[str, float] | None = None  # keys of COMPONENTS
+    layers: dict[int, float] | None = None
+
+    def for_module(self, name: str) -> float:
+        factor = self.ratio
+        for comp, value in (self.components or {}).items():
+            if name.endswith(COMPONENTS[comp]):
+                factor *= value
+        m = _LAYER.match(name)
+        if m and self.layers and int(m.group(1)) in self.layers:
+            factor *= self.layers[int(m.group(1))]
+        return factor
+
+
+def scale(modules: dict[str, LoraModule], mult: Multipliers) -> dict[str, LoraModule]:
+    out = {}
+    for name, m in modules.items():
+        f = mult.for_module(name)
+        out[name] = m if f == 1.0 else LoraModule(m.A, (m.B.float() * f).to(m.B.dtype), m.alpha)
+    return out
+
+
+def merge(inputs: list[tuple[dict[str, LoraModule], float]]) -> dict[str, LoraModule]:
+    """Exact merge: ranks concatenated, each input's weight and alpha/rank folded into its B (alpha = new rank)."""
+    names = sorted({n for mods, _ in inputs for n in mods})
+    out = {}
+    for name in names:
+        parts = [(mods[name], w) for mods, w in inputs if name in mods]
+        shapes = {(m.B.shape[0], m.A.shape[1]) for m, _ in parts}
+        if len(shapes) > 1:
+            raise UserError(f"cannot merge {name}: shapes differ between inputs ({sorted(shapes)})")
+        A = torch.cat([m.A.float() for m, _ in parts], dim=0)
+        B = torch.cat([m.B.float() * (w * _scale(m)) for m, w in parts], dim=1)
+        out[name] = LoraModule(A, B, float(A.shape[0]))
+    return out
+
+
+def _scale(m: LoraModule) -> float:
+    return (m.alpha if m.alpha is not None else m.rank) / m.rank
+
+
+def reduce_rank(modules: dict[str, LoraModule], rank: int) -> tuple[dict[str, LoraModule], dict[str, float]]:
+    """Best rank-``rank`` approximation of each delta; returns the modules and the kept energy (sum of kept
+    squared singular values over the total) per module."""
+    out, kept = {}, {}
+    for name, m in modules.items():
+        B = m.B.double() * _scale(m)  # (out, k)
+        A = m.A.double()  # (k, in)
+        qb, rb = torch.linalg.qr(B)  # B = qb rb
+        qa, ra = torch.linalg.qr(A.T)  # A^T = qa ra
+        u, s, vh = torch.linalg.svd(rb @ ra.T)  # delta = qb (rb ra^T) qa^T
+        total = float((s**2).sum())
+        r = min(rank, s.numel())
+        kept[name] = float((s[:r] ** 2).sum()) / total if total > 0 else 1.0
+        root = s[:r].sqrt()
+        new_B = (qb @ u[:, :r]) * root  # (out, r)
+        new_A = root[:, None] * (vh[:r] @ qa.T)  # (r, in)
+        out[name] = LoraModule(new_A.to(m.A.dtype), new_B.to(m.B.dtype), float(r))
+    return out, kept
