@@ -113,6 +113,14 @@ def cmd_lora_resize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lora_bake(args: argparse.Namespace) -> int:
+    from zlora.lora.tools import bake_loras
+
+    changed = bake_loras(args.base, [_parse_lora_arg(x) for x in args.lora], args.out)
+    print(f"{args.out}: {len(changed)} weights changed")
+    return 0
+
+
 # ---------------------------------------------------------------- generate
 def _parse_lora_arg(text: str) -> tuple[str, float]:
     """``FILE[:WEIGHT]``; a trailing ``:number`` is the weight (so Windows-style ``C:`` prefixes survive)."""
@@ -212,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--rank", type=int, required=True)
     p.set_defaults(func=cmd_lora_resize)
+    p = lora.add_parser("bake", help="write the base transformer with LoRAs merged in (streamed)")
+    p.add_argument("--base", required=True, help="model reference (hub id, diffusers folder, builtin:tiny)")
+    p.add_argument("--lora", action="append", required=True, metavar="FILE[:WEIGHT]")
+    p.add_argument("--out", required=True, help="a .safetensors file, or a folder for from_pretrained")
+    p.set_defaults(func=cmd_lora_bake)
     return parser
 
 

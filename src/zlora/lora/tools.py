@@ -138,3 +138,11 @@ def resize_lora(src: str | Path, dst: str | Path, rank: int) -> dict[str, float]
     resized, kept = reduce_rank(modules, rank)
     write_lora(resized, dst, fmt, {**meta, "rank": str(rank)})
     return kept
+
+
+def bake_loras(base: str, inputs: list[tuple[str, float]], out: str | Path) -> list[str]:
+    from zlora.lora.bake import bake
+    from zlora.models.load import resolve_model
+
+    folder = resolve_model(base).folder
+    return bake(folder, [(_read(path)[0], weight) for path, weight in inputs], Path(out))

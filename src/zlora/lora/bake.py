@@ -1,0 +1,114 @@
+"""``zlora lora bake``: a transformer with LoRA deltas merged in, streamed one tensor at a time.
+
+Each base tensor is read from its memory-mapped safetensors file, the summed delta is added in fp32 (checked
+finite) and cast back, and the bytes go straight to the output file, so peak memory stays near one tensor even for
+the 12 GB transformer. safetensors' ``save_file`` needs every tensor in memory at once and the library has no
+streaming writer, hence the small writer below (the format is an 8-byte header length, a JSON header, raw bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from zlora.errors import UserError
+from zlora.lora.formats import LoraModule
+from zlora.utils.io import atomic_path
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}  # fmt: skip
+
+
+def transformer_files(folder: Path) -> list[Path]:
+    files = sorted((folder / "transformer").glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{folder}: transformer/ has no .safetensors weights")
+    return files
+
+
+def _specs(files: list[Path]) -> list[tuple[str, Path, torch.dtype, list[int]]]:
+    """(key, file, dtype, shape) of every base tensor, without loading any data."""
+    out = []
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                sl = f.get_slice(key)
+                out.append((key, path, _dtype(sl.get_dtype()), list(sl.get_shape())))
+    return out
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {v: k for k, v in _DTYPES.items()}[name]
+
+
+def write_streaming(path: Path, specs: list[tuple[str, torch.dtype, list[int]]], tensors: Iterator[torch.Tensor],
+                    metadata: dict[str, str]) -> None:  # fmt: skip
+    """Write a safetensors file whose tensors arrive one at a time, in ``specs`` order."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for key, dtype, shape in specs:
+        size = dtype.itemsize * int(torch.Size(shape).numel())
+        header[key] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for (key, dtype, shape), t in zip(specs, tensors, strict=True):
+            if t.dtype != dtype or list(t.shape) != shape:
+                raise RuntimeError(f"{key}: got {t.dtype} {list(t.shape)}, header says {dtype} {shape}")
+            f.write(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], out: Path) -> list[str]:
+    """Merge ``sum(weight * delta)`` into the base transformer and write it to ``out``: a ``.safetensors`` file, or a
+    folder (config.json + weights) that ``ZImageTransformer2DModel.from_pretrained`` loads. Returns changed keys."""
+    specs = _specs(transformer_files(model_folder))
+    by_key = {key: (path, dtype, shape) for key, path, dtype, shape in specs}
+    targets: dict[str, list[tuple[LoraModule, float]]] = {}
+    for modules, weight in loras:
+        for name, m in modules.items():
+            targets.setdefault(f"{name}.weight", []).append((m, weight))
+    unknown = sorted(k.removesuffix(".weight") for k in targets if k not in by_key)
+    if unknown:
+        raise UserError(f"{len(unknown)} LoRA modules match no transformer weight: {', '.join(unknown[:8])}")
+    for key, parts in targets.items():
+        _, _, shape = by_key[key]
+        for m, _ in parts:
+            if [m.B.shape[0], m.A.shape[1]] != shape:
+                raise UserError(f"{key}: LoRA delta is {m.B.shape[0]}x{m.A.shape[1]}, the weight is {shape}")
+
+    def tensors() -> Iterator[torch.Tensor]:
+        with contextlib.ExitStack() as stack:
+            handles = {
+                p: stack.enter_context(safe_open(str(p), framework="pt")) for p in {s[1] for s in specs}
+            }
+            for key, path, dtype, _ in specs:
+                yield _merged(key, handles[path].get_tensor(key), dtype)
+
+    def _merged(key: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if key not in targets:
+            return t
+        merged = t.float() + sum(w * m.delta() for m, w in targets[key])  # delta in fp32
+        if not torch.isfinite(merged).all():
+            raise UserError(f"{key}: the merged weight is not finite; check the LoRA weights")
+        return merged.to(dtype)
+
+    meta = {"format": "pt", "baked_loras": str(len(loras))}
+    plain = [(key, dtype, shape) for key, _, dtype, shape in specs]
+    if out.suffix == ".safetensors":
+        write_streaming(out, plain, tensors(), meta)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model_folder / "transformer" / "config.json", out / "config.json")
+        write_streaming(out / "diffusion_pytorch_model.safetensors", plain, tensors(), meta)
+    return sorted(targets)
