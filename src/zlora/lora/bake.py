@@ -66,7 +66,8 @@ def write_streaming(path: Path, specs: list[tuple[str, torch.dtype, list[int]]],
         for (key, dtype, shape), t in zip(specs, tensors, strict=True):
             if t.dtype != dtype or list(t.shape) != shape:
                 raise RuntimeError(f"{key}: got {t.dtype} {list(t.shape)}, header says {dtype} {shape}")
-            f.write(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if t.numel():
+                f.write(t.contiguous().view(torch.uint8).numpy())  # buffer protocol: no bytes copy
 
 
 def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], out: Path) -> list[str]:
@@ -98,7 +99,8 @@ def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], o
     def _merged(key: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if key not in targets:
             return t
-        merged = t.float() + sum(w * m.delta() for m, w in targets[key])  # delta in fp32
+        # base + sum(w * delta) in fp32, added in place: no fp32 copy of the base (a + b == b + a exactly)
+        merged = sum(w * m.delta() for m, w in targets[key]).add_(t)
         if not torch.isfinite(merged).all():
             raise UserError(f"{key}: the merged weight is not finite; check the LoRA weights")
         return merged.to(dtype)
