@@ -121,6 +121,17 @@ def cmd_lora_bake(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lora_extract(args: argparse.Namespace) -> int:
+    from zlora.lora.tools import extract_lora
+
+    errors = extract_lora(args.base, args.tuned, args.rank, args.output)
+    worst = max(errors, key=errors.get)
+    print(f"{len(errors)} modules; relative error: mean {sum(errors.values()) / len(errors):.4f}, "
+          f"worst {errors[worst]:.4f} ({worst})")  # fmt: skip
+    print(args.output)
+    return 0
+
+
 # ---------------------------------------------------------------- generate
 def _parse_lora_arg(text: str) -> tuple[str, float]:
     """``FILE[:WEIGHT]``; a trailing ``:number`` is the weight (so Windows-style ``C:`` prefixes survive)."""
@@ -225,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="append", required=True, metavar="FILE[:WEIGHT]")
     p.add_argument("--out", required=True, help="a .safetensors file, or a folder for from_pretrained")
     p.set_defaults(func=cmd_lora_bake)
+    p = lora.add_parser("extract", help="a LoRA from a fine-tune's difference to its base (SVD)")
+    p.add_argument("--base", required=True, help="model reference or transformer .safetensors")
+    p.add_argument("--tuned", required=True, help="model reference or transformer .safetensors")
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_lora_extract)
     return parser
 
 

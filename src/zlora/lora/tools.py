@@ -146,3 +146,16 @@ def bake_loras(base: str, inputs: list[tuple[str, float]], out: str | Path) -> l
 
     folder = resolve_model(base).folder
     return bake(folder, [(_read(path)[0], weight) for path, weight in inputs], Path(out))
+
+
+def extract_lora(base: str, tuned: str, rank: int, dst: str | Path) -> dict[str, float]:
+    from zlora.lora.extract import extract
+
+    modules, errors = extract(base, tuned, rank)
+    write_lora(
+        modules,
+        dst,
+        "zlora",
+        {"extracted_from": json.dumps({"base": base, "tuned": tuned}), "rank": str(rank)},
+    )
+    return errors
