@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from conftest import ZLORA
 from zlora.errors import UserError
-from zlora.lora.edit import Multipliers, merge, parse_layer_spec, reduce_rank, scale
+from zlora.lora.edit import Multipliers, merge, parse_input_multipliers, parse_layer_spec, reduce_rank, scale
 from zlora.lora.format import read_lora
 from zlora.lora.formats import LoraModule, read_modules, write_modules
 from zlora.lora.tools import merge_loras, scale_lora
@@ -115,3 +115,24 @@ def test_cli_merge_with_rank_and_scale_option_conflicts(tmp_path):
     r = subprocess.run([*ZLORA, "lora", "scale", str(tmp_path / "a.safetensors"), str(tmp_path / "c.safetensors"),
                         "--ffn", "0.5", "--w1", "2"], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "--ffn or --w1" in r.stderr
+
+
+def test_merge_applies_each_inputs_own_component_and_layer_weights(tmp_path):
+    text, mult = parse_input_multipliers("a.safetensors:0.7[qk=0.5,adaln=0,layers=0-1:2;2:3]")
+    assert text == "a.safetensors:0.7" and mult.components == {"qk": 0.5, "adaln": 0.0}
+    assert mult.layers == {0: 2.0, 1: 2.0, 2: 3.0}
+    assert parse_input_multipliers("b.safetensors")[1] == Multipliers()
+    with pytest.raises(UserError, match="not one of"):
+        parse_input_multipliers("a.safetensors[speed=2]")
+
+    a, b = _lora(6, 4, 4.0), _lora(7, 4, 4.0)
+    save_file(write_modules(a, "zlora"), str(tmp_path / "a.safetensors"))
+    save_file(write_modules(b, "zlora"), str(tmp_path / "b.safetensors"))
+    r = subprocess.run([*ZLORA, "lora", "merge", f"{tmp_path}/a.safetensors:0.5[qk=0,layers=2:3]",
+                        f"{tmp_path}/b.safetensors:1", "-o", str(tmp_path / "m.safetensors")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    merged = read_modules(read_lora(tmp_path / "m.safetensors")[0])
+    for n in a:
+        fa = 0.0 if n.endswith(("to_q", "to_k")) else 0.5 * (3.0 if n.startswith("layers.2.") else 1.0)
+        torch.testing.assert_close(merged[n].delta(), fa * a[n].delta() + b[n].delta(), rtol=1e-5, atol=1e-5)

@@ -78,7 +78,9 @@ def _report_kept(kept: dict[str, float]) -> None:
     if kept:
         worst = min(kept, key=kept.get)
         mean = sum(kept.values()) / len(kept)
-        print(f"kept energy: mean {mean:.4f}, lowest {kept[worst]:.4f} ({worst})")
+        # kept energy e = 1 - (relative Frobenius error)^2
+        print(f"kept energy: mean {mean:.4f}, lowest {kept[worst]:.4f} ({worst}); "
+              f"relative error there {max(0.0, 1 - kept[worst]) ** 0.5:.4f}")  # fmt: skip
 
 
 def cmd_lora_scale(args: argparse.Namespace) -> int:
@@ -97,10 +99,12 @@ def cmd_lora_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_lora_merge(args: argparse.Namespace) -> int:
+    from zlora.lora.edit import parse_input_multipliers
     from zlora.lora.tools import merge_loras
 
-    inputs = [_parse_lora_arg(x) for x in args.inputs]
-    _report_kept(merge_loras(inputs, args.output, args.rank))
+    parsed = [parse_input_multipliers(x) for x in args.inputs]
+    inputs = [_parse_lora_arg(text) for text, _ in parsed]
+    _report_kept(merge_loras(inputs, args.output, args.rank, [m for _, m in parsed]))
     print(args.output)
     return 0
 
@@ -222,7 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help='per-layer multipliers, e.g. "0-9:0.5,20-29:1.2"')
     p.set_defaults(func=cmd_lora_scale)
     p = lora.add_parser("merge", help="merge LoRAs with weights (exact, or SVD to --rank)")
-    p.add_argument("inputs", nargs="+", metavar="FILE[:WEIGHT]")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILE[:WEIGHT][[qk=X,...,layers=0-9:X;20-29:Y]]",
+        help="each input may carry scale's options in brackets, for that input only",
+    )
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--rank", type=int, default=None, help="reduce the merged LoRA to this rank (SVD)")
     p.set_defaults(func=cmd_lora_merge)

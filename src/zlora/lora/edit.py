@@ -105,3 +105,28 @@ def reduce_rank(modules: dict[str, LoraModule], rank: int) -> tuple[dict[str, Lo
         new_A = root[:, None] * (vh[:r] @ qa.T)  # (r, in)
         out[name] = LoraModule(new_A.to(m.A.dtype), new_B.to(m.B.dtype), float(r))
     return out, kept
+
+
+def parse_input_multipliers(text: str) -> tuple[str, Multipliers]:
+    """``FILE[:WEIGHT][[qk=0.5,adaln=0,layers=0-9:0.5;20-29:1.2]]`` -> (FILE[:WEIGHT], multipliers).
+
+    The bracket holds `scale`'s options for this one input; ``layers`` ranges are separated by ``;``."""
+    if not text.endswith("]") or "[" not in text:
+        return text, Multipliers()
+    head, _, body = text[:-1].rpartition("[")
+    comps: dict[str, float] = {}
+    layers: dict[int, float] = {}
+    for item in filter(None, (x.strip() for x in body.split(","))):
+        key, sep, value = item.partition("=")
+        if key == "layers" and sep:
+            layers = parse_layer_spec(value.replace(";", ","))
+        elif key in COMPONENTS and sep:
+            try:
+                comps[key] = float(value)
+            except ValueError:
+                raise UserError(f"{text}: {key}={value!r} is not a number") from None
+        else:
+            raise UserError(f"{text}: {item!r} is not one of {', '.join(COMPONENTS)}, layers (as key=value)")
+    if "ffn" in comps and any(w in comps for w in ("w1", "w2", "w3")):
+        raise UserError(f"{text}: use either ffn or w1/w2/w3, not both")
+    return head, Multipliers(components=comps, layers=layers)

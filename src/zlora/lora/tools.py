@@ -119,10 +119,15 @@ def scale_lora(src: str | Path, dst: str | Path, mult: Multipliers) -> None:
 
 
 def merge_loras(
-    inputs: list[tuple[str, float]], dst: str | Path, rank: int | None = None
+    inputs: list[tuple[str, float]],
+    dst: str | Path,
+    rank: int | None = None,
+    multipliers: list[Multipliers] | None = None,
 ) -> dict[str, float]:
-    """Exact merge (ranks concatenated), or with ``rank`` an SVD down to it; returns kept energy per module."""
-    loaded = [(_read(path)[0], weight) for path, weight in inputs]
+    """Exact merge (ranks concatenated), or with ``rank`` an SVD down to it; each input first scaled by its own
+    per-component / per-layer ``multipliers``. Returns kept energy per module."""
+    mults = multipliers or [Multipliers() for _ in inputs]
+    loaded = [(scale(_read(path)[0], m), weight) for (path, weight), m in zip(inputs, mults, strict=True)]
     merged = merge(loaded)
     kept: dict[str, float] = {}
     if rank is not None:
