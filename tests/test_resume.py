@@ -99,15 +99,16 @@ def test_kill_9_then_rerun_ends_with_the_same_lora_as_an_uninterrupted_run(make_
     )
 
 
-def test_sigint_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(make_config, reference_lora):
-    cfg = _write_config(make_config, "ctrlc")
+def _interrupt(make_config, name: str, sig: signal.Signals, after_steps: int) -> tuple[Path, Path]:
+    """Start a run, send ``sig`` once ``after_steps`` steps are logged, and check the emergency checkpoint."""
+    cfg = _write_config(make_config, name)
     run = _run_dir(cfg)
     proc = _start(cfg)
     metrics = run / "metrics.jsonl"
-    _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, proc)
-    proc.send_signal(signal.SIGINT)
+    _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= after_steps, proc)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert proc.returncode == 128 + sig, err[-2000:]
     assert "Traceback" not in err
     assert "Run the same command again to resume" in err
     logged = len(metrics.read_text().splitlines())
@@ -115,21 +116,15 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(mak
     assert (run / "checkpoints" / f"step-{logged:06d}" / "state.pt").is_file(), (
         "emergency checkpoint at the last step"
     )
+    return cfg, run
 
+
+def test_sigint_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(make_config, reference_lora):
+    cfg, run = _interrupt(make_config, "ctrlc", signal.SIGINT, after_steps=3)
     r = subprocess.run([*ZLORA, "train", str(cfg)], capture_output=True, text=True, env={**os.environ})
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_equal(_tensors(run / "ctrlc.safetensors"), reference_lora)
 
 
 def test_sigterm_also_writes_a_checkpoint_and_exits_with_143(make_config):
-    cfg = _write_config(make_config, "term")
-    run = _run_dir(cfg)
-    proc = _start(cfg)
-    metrics = run / "metrics.jsonl"
-    _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "Run the same command again to resume" in err
-    logged = len(metrics.read_text().splitlines())
-    assert (run / "checkpoints" / f"step-{logged:06d}" / "state.pt").is_file()
+    _interrupt(make_config, "term", signal.SIGTERM, after_steps=2)
