@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from zlora.lora.format import lora_deltas, read_lora
+from zlora.lora.format import read_lora
+from zlora.lora.formats import read_modules
 from zlora.models import zimage
 from zlora.models.load import load_components
 from zlora.train.trainer import Trainer, run_training
@@ -126,7 +127,7 @@ def test_run_folder_holds_lora_checkpoints_metrics_plot_and_previews(make_config
     assert float(tensors["diffusion_model.layers.0.attention.to_q.alpha"]) == 4.0
     assert not any("refiner" in k for k in keys), "default targets are the main layers only"
     assert tensors["diffusion_model.layers.0.attention.to_q.lora_A.weight"].dtype == torch.bfloat16
-    assert len(lora_deltas(tensors)) == 2 * 7
+    assert len(read_modules(tensors)) == 2 * 7
 
 
 def test_resume_after_raising_steps_equals_an_uninterrupted_run(make_config, tmp_path):

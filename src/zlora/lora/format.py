@@ -15,20 +15,25 @@ from zlora import __version__
 from zlora.errors import UserError
 from zlora.utils.io import atomic_write
 
-PREFIX = "diffusion_model."
 FORMAT_VERSION = "1"
 
 
 def to_file_dict(
     peft_state: dict[str, torch.Tensor], alpha: float, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
-    """peft keys (``layers.0.attention.to_q.lora_A.weight``) -> file keys with prefix and per-module alpha."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in peft_state.items():
-        out[PREFIX + key] = value.detach().to("cpu", dtype).contiguous()
-        if key.endswith(".lora_A.weight"):
-            out[PREFIX + key.removesuffix(".lora_A.weight") + ".alpha"] = torch.tensor(float(alpha))
-    return out
+    """peft keys (``layers.0.attention.to_q.lora_A.weight``) -> zlora file tensors (prefix, per-module alpha)."""
+    from zlora.lora.formats import LoraModule, write_modules
+
+    modules = {
+        key.removesuffix(".lora_A.weight"): LoraModule(
+            value.detach().to("cpu", dtype),
+            peft_state[key.replace(".lora_A.", ".lora_B.")].detach().to("cpu", dtype),
+            float(alpha),
+        )
+        for key, value in peft_state.items()
+        if key.endswith(".lora_A.weight")
+    }
+    return write_modules(modules, "zlora")
 
 
 def save_lora(
@@ -56,18 +61,3 @@ def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         raise UserError(f"LoRA file not found: {path}")
     with safe_open(str(path), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-
-
-def lora_deltas(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``module -> (alpha / rank) * B @ A`` in fp32, for zlora-format tensors."""
-    out = {}
-    for key, a in tensors.items():
-        if not key.endswith(".lora_A.weight"):
-            continue
-        module = key.removeprefix(PREFIX).removesuffix(".lora_A.weight")
-        b = tensors[key.replace(".lora_A.", ".lora_B.")]
-        alpha_t = tensors.get(key.removesuffix(".lora_A.weight") + ".alpha")
-        rank = a.shape[0]
-        scale = (float(alpha_t) if alpha_t is not None else rank) / rank
-        out[module] = scale * (b.float() @ a.float())
-    return out
