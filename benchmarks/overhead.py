@@ -36,7 +36,14 @@ def make_trainer(args, out: str) -> Trainer:
                 "lr": 1e-4,
                 "gradient_checkpointing": False,
             },
-            "datasets": [{"folder_path": str(REPO / "examples" / "shapes"), "resolution": args.resolution}],
+            "datasets": [
+                {
+                    "folder_path": str(REPO / "examples" / "shapes"),
+                    "resolution": args.resolution,
+                    "cache_latents": True,
+                    "cache_dir": f"{out}/cache",
+                }
+            ],  # fmt: skip
         }
     )
     t = Trainer(cfg)
@@ -53,10 +60,10 @@ def bare_loop(t: Trainer, steps: int, batch_size: int) -> float:
     """The same work without the trainer: stacked latents, one transformer call per batch, AdamW."""
     params = [p for p in t.transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    latents = torch.stack(t.latents).to(t.device)  # (N, C, h, w)
-    caps = [t.caption_embeds[c] for c in t.captions]
+    n = len(t.data.entries)
+    latents = torch.stack(t.data.latents(list(range(n)), t.parts.vae))  # (N, C, h, w): one bucket
+    caps = [t.data.embedding(e.caption) for e in t.data.entries]
     g = torch.Generator(t.device).manual_seed(0)
-    n = len(caps)
     sync(t.device)
     start = time.perf_counter()
     for step in range(steps):

@@ -49,7 +49,7 @@ BASE_CONFIG = {
     "network": {"linear": 4, "linear_alpha": 4},
     "save": {"dtype": "fp32", "save_every": 1000, "max_step_saves_to_keep": 2},
     "train": {"steps": 4, "batch_size": 2, "lr": 1e-3, "seed": 0, "gradient_checkpointing": False},
-    "datasets": [{"folder_path": "DATA", "resolution": 32}],
+    "datasets": [{"folder_path": "DATA", "resolution": 32, "caption_dropout_rate": 0.0}],
     "sample": {"sample_every": 1000, "prompts": [], "width": 32, "height": 32, "sample_steps": 2},
 }
 

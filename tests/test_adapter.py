@@ -37,7 +37,7 @@ def _trainer(make_config, adapter: str | None, steps: int = 3, name: str = "t") 
 
 
 def _image(t: Trainer) -> np.ndarray:
-    (embed,) = t.sample_embeds or [t.caption_embeds[t.captions[0]]]
+    embed = t.data.embedding(t.data.entries[0].caption)
     kw = dict(height=32, width=32, num_inference_steps=3, guidance_scale=0.0, output_type="np")
     return t.pipe(prompt_embeds=[embed], generator=torch.Generator().manual_seed(3), **kw).images
 
@@ -48,7 +48,11 @@ def test_adapter_is_active_in_training_frozen_and_never_saved(make_config, adapt
     assert adapter_before and all(f".{ADAPTER}." not in n for n in t._lora_params())
     t.train()
 
-    x, sig, cap = [t.latents[0]], torch.tensor([0.5]), [t.caption_embeds[t.captions[0]]]
+    x, sig, cap = (
+        t.data.latents([0], t.parts.vae),
+        torch.tensor([0.5]),
+        [t.data.embedding(t.data.entries[0].caption)],
+    )
     with torch.no_grad():
         t._use_adapter(training=True)
         train_out = zimage.predict(t.transformer, x, sig, cap, t.dtype)[0]

@@ -24,13 +24,12 @@ def _fixed_loss(t: Trainer) -> float:
     g = torch.Generator().manual_seed(123)
     losses = []
     with torch.no_grad():
-        for x0, cap in zip(t.latents, t.captions, strict=True):
+        for i, e in enumerate(t.data.entries):
+            (x0,), cap = t.data.latents([i], t.parts.vae), t.data.embedding(e.caption)
             for s in (0.25, 0.5, 0.75):
                 noise = torch.randn(x0.shape, generator=g)
                 x_s = zimage.noisy_latents(x0, noise, torch.tensor(s))
-                (pred,) = zimage.predict(
-                    t.transformer, [x_s], torch.tensor([s]), [t.caption_embeds[cap]], t.dtype
-                )
+                (pred,) = zimage.predict(t.transformer, [x_s], torch.tensor([s]), [cap], t.dtype)
                 losses.append(torch.mean((pred - zimage.velocity_target(x0, noise)) ** 2).item())
     return float(np.mean(losses))
 
@@ -39,7 +38,7 @@ def test_lora_with_zero_B_leaves_the_transformer_output_unchanged(make_config, t
     t = _setup(make_config())
     plain = load_components(tiny_dir, torch.float32, torch.device("cpu")).transformer
     x = [torch.randn(16, 4, 4)]
-    sig, cap = torch.tensor([0.4]), [t.caption_embeds[t.captions[0]]]
+    sig, cap = torch.tensor([0.4]), [t.data.embedding(t.data.entries[0].caption)]
     lora_A = [p for n, p in t.transformer.named_parameters() if "lora_A" in n]
     lora_B = [p for n, p in t.transformer.named_parameters() if "lora_B" in n]
     assert lora_A and all(a.abs().sum() > 0 for a in lora_A) and all(b.abs().sum() == 0 for b in lora_B)

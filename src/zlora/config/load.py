@@ -34,6 +34,13 @@ SYNONYMS = {
     "num_inference_steps": "sample_steps",
     "guidance": "guidance_scale",
     "negative_prompt": "neg",
+    "cache_latents_to_disk": "cache_latents",
+    "caption_dropout": "caption_dropout_rate",
+    "repeats": "num_repeats",
+    "flip": "flip_x",
+    "random_flip": "flip_x",
+    "recursive": "include_subfolders",
+    "cache_text_encoder_outputs": "cache_text_embeddings",
 }
 
 

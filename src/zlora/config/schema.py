@@ -91,6 +91,11 @@ class TrainConfig(Section):
     """How sigma is drawn: ``linear`` uniform in [0, 1]; ``sigmoid`` logit-normal (mass in mid noise)."""
     seed: int = 42
     gradient_checkpointing: bool = True
+    cache_text_embeddings: bool = False
+    """Keep every caption's text embedding on disk (in each dataset's cache_dir), so later runs need no text
+    encoder at all. Off: captions are encoded once per run and kept in memory."""
+    unload_text_encoder: bool = True
+    """Free the text encoder once every caption is encoded (zlora never needs it afterwards)."""
 
 
 class DatasetConfig(Section):
@@ -101,7 +106,25 @@ class DatasetConfig(Section):
     default_caption: str = ""
     """Caption for images without a caption file."""
     resolution: list[int] = Field(default_factory=lambda: [512])
-    """Training resolution(s): images are centre-cropped to squares of these sizes (multiples of 16)."""
+    """Training resolution(s): each image goes, per resolution, to the aspect-ratio bucket of about that area
+    (sides multiples of 16, closest ratio), resized and centre-cropped minimally; never upscaled."""
+    num_repeats: int = Field(1, ge=1)
+    """How many times each image is seen per epoch (weights one dataset against another)."""
+    caption_dropout_rate: float = Field(0.05, ge=0, le=1)
+    """Probability that a sample is trained with the empty prompt instead of its caption."""
+    trigger_word: str | None = None
+    """Overrides ``job.trigger_word`` for this dataset."""
+    add_trigger_word: bool = True
+    """Prepend the trigger word to captions that do not contain it (``[trigger]`` is always replaced)."""
+    include_subfolders: bool = False
+    """Also read images in subfolders of ``folder_path``."""
+    flip_x: bool = False
+    """Also train on the horizontally mirrored image (each its own sample and cache entry)."""
+    cache_latents: bool = False
+    """Encode each (image, bucket, flip) with the VAE once and keep it on disk; later epochs and runs reuse it.
+    Off: images are encoded as they are drawn."""
+    cache_dir: str | None = None
+    """Where this dataset's caches live; default ``<folder_path>/_zlora_cache``."""
 
     @field_validator("resolution", mode="before")
     @classmethod

@@ -1,8 +1,10 @@
-"""Dataset scan, captions, image loading and the (resumable) order in which samples are drawn."""
+"""Dataset scan: image files, captions with the trigger word, and one entry per (image, bucket, flip)."""
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,18 +13,27 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from zlora.config.schema import DatasetConfig
+from zlora.data.buckets import assign_bucket, crop_box
 from zlora.errors import UserError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+CACHE_FOLDER = "_zlora_cache"
+TRIGGER = "[trigger]"
+# Errors PIL raises for files that are not (complete) images.
+BAD_IMAGE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
-class Sample:
+class Entry:
+    """One training sample: an image at one bucket size, maybe mirrored, with its final caption."""
+
     image: Path
+    bucket: tuple[int, int]  # (width, height)
+    flip: bool
     caption: str
-    resolution: int
+    dataset: int
 
 
 def read_caption(image: Path, ext: str, default: str) -> str:
@@ -35,84 +46,119 @@ def read_caption(image: Path, ext: str, default: str) -> str:
         raise UserError(f"{path}: caption is not UTF-8 text; re-save it as UTF-8") from None
 
 
-def scan_dataset(ds: DatasetConfig, index: int = 0) -> list[Sample]:
-    """One sample per (image, resolution) in ``ds.folder_path`` (top level), sorted by file name."""
+def apply_trigger(caption: str, trigger: str | None, add: bool, source: Path | str) -> str:
+    """``[trigger]`` becomes the trigger word; a caption without the word gets it prepended when ``add``."""
+    if not trigger:
+        if TRIGGER in caption:
+            raise UserError(
+                f"{source}: caption uses {TRIGGER} but no trigger word is set; set job.trigger_word"
+            )
+        return caption
+    caption = caption.replace(TRIGGER, trigger)
+    if add and not re.search(rf"(?<!\w){re.escape(trigger)}(?!\w)", caption):
+        caption = f"{trigger}, {caption}" if caption else trigger
+    return caption
+
+
+def dataset_cache_dir(ds: DatasetConfig) -> Path:
+    return (
+        Path(ds.cache_dir).expanduser() if ds.cache_dir else Path(ds.folder_path).expanduser() / CACHE_FOLDER
+    )
+
+
+def list_images(ds: DatasetConfig, index: int = 0) -> list[Path]:
+    """Image files of a dataset (sorted; subfolders when switched on, never the cache folder)."""
     folder = Path(ds.folder_path).expanduser()
     if not folder.is_dir():
         raise UserError(f"`datasets[{index}].folder_path` does not exist: {folder.resolve()}")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    found = folder.rglob("*") if ds.include_subfolders else folder.iterdir()
+    images = sorted(
+        p for p in found
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file() and CACHE_FOLDER not in p.relative_to(folder).parts
+    )  # fmt: skip
     if not images:
+        hint = "" if ds.include_subfolders else " (set include_subfolders: true to look inside subfolders)"
         raise UserError(
-            f"`datasets[{index}].folder_path` has no images ({', '.join(sorted(IMAGE_EXTS))}): {folder.resolve()}"
+            f"`datasets[{index}].folder_path` has no images ({', '.join(sorted(IMAGE_EXTS))}): "
+            f"{folder.resolve()}{hint}"
         )
-    return [
-        Sample(img, read_caption(img, ds.caption_ext, ds.default_caption), res)
-        for img in images
-        for res in ds.resolution
-    ]
+    return images
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """Upright RGB, centre-cropped to a square and resized: (3, size, size) in [-1, 1]."""
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF rotation applied), from the header only."""
     with Image.open(path) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+            w, h = h, w
+    if w < 1 or h < 1:
+        raise ValueError("empty image")
+    return w, h
+
+
+@dataclass
+class Scan:
+    entries: list[Entry]
+    images: int  # image files found
+    unreadable: list[str]  # "name (why)" of files that are not images
+    too_small: list[str]  # "name (WxH) too small for resolution R"
+
+
+def scan_dataset(ds: DatasetConfig, index: int, job_trigger: str | None) -> Scan:
+    """Entries of one dataset (one per image, resolution and flip) and the files that gave none."""
+    trigger = ds.trigger_word or job_trigger
+    images = list_images(ds, index)
+    scan = Scan([], len(images), [], [])
+    for img in images:
+        caption = apply_trigger(read_caption(img, ds.caption_ext, ds.default_caption), trigger,
+                                ds.add_trigger_word, img.with_suffix(f".{ds.caption_ext}"))  # fmt: skip
+        try:
+            w, h = image_size(img)
+        except BAD_IMAGE as e:
+            scan.unreadable.append(f"{img.name} ({why(e)})")
+            continue
+        for res in ds.resolution:
+            bucket = assign_bucket(w, h, res)
+            if bucket is None:
+                scan.too_small.append(f"{img.name} ({w}x{h}) too small for resolution {res}")
+                continue
+            for flip in (False, True) if ds.flip_x else (False,):
+                scan.entries.append(Entry(img, bucket, flip, caption, index))
+    return scan
+
+
+def why(e: Exception) -> str:
+    text = str(e).split("\n")[0][:80]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Upright RGB from file bytes: EXIF rotation applied, transparency composited on white, CMYK / 16-bit /
+    palette converted. Raises one of BAD_IMAGE for files that are not complete images."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
         im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
             im = Image.new("RGB", rgba.size, (255, 255, 255))
-            im.paste(rgba, mask=rgba.getchannel("A"))  # transparency composited on white
-        im = ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
-        arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+            im.paste(rgba, mask=rgba.getchannel("A"))
+        elif im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits, not clip
+            arr = np.asarray(im, dtype=np.float32)
+            im = Image.fromarray(
+                (arr / (65535.0 if arr.max() > 255 else 255.0) * 255).round().astype(np.uint8)
+            )
+        return im.convert("RGB")
+
+
+def to_pixels(im: Image.Image, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
+    """Minimal centre crop to the bucket's ratio and resize: (3, H, W) in [-1, 1]."""
+    box = crop_box(im.width, im.height, bucket)
+    im = im.resize(bucket, Image.Resampling.LANCZOS, box=box)
+    if flip:
+        im = ImageOps.mirror(im)
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
-def load_samples(samples: list[Sample]) -> tuple[list[Sample], list[torch.Tensor]]:
-    """Load every sample's pixels; unreadable files are skipped with one summary line."""
-    kept, pixels, bad = [], [], []
-    for s in samples:
-        try:
-            pixels.append(load_image(s.image, s.resolution))
-            kept.append(s)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            bad.append(f"{s.image.name} ({type(e).__name__})")
-    if bad:
-        if not kept:
-            raise UserError(f"no usable image: all {len(samples)} failed to load: {', '.join(bad[:5])}")
-        log.warning("%d of %d images skipped: %s", len(bad), len(samples), ", ".join(bad[:10]))
-    return kept, pixels
-
-
-class BatchOrder:
-    """Draws batches from a shuffled order that is a pure function of (seed, epoch); its position is saved in
-    checkpoints so a resumed run sees exactly the batches an uninterrupted one would."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
-        self.epoch, self.cursor = 0, 0
-        self._perm_cache: tuple[int, list[int]] | None = None
-
-    def _perm(self) -> list[int]:
-        if self._perm_cache is None or self._perm_cache[0] != self.epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            self._perm_cache = (self.epoch, torch.randperm(self.n, generator=g).tolist())
-        return self._perm_cache[1]
-
-    def next_batch(self, batch_size: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < batch_size:
-            if self.cursor >= self.n:
-                self.epoch, self.cursor = self.epoch + 1, 0
-            take = self._perm()[self.cursor : self.cursor + batch_size - len(out)]
-            out += take
-            self.cursor += len(take)
-        return out
-
-    def state_dict(self) -> dict:
-        return {"n": self.n, "seed": self.seed, "epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["n"] != self.n:
-            raise UserError(
-                f"the checkpoint was trained on {state['n']} samples, the dataset now has {self.n}; "
-                "restore the dataset or start a new run (change job.name)"
-            )
-        self.epoch, self.cursor = state["epoch"], state["cursor"]
+def load_image(path: Path, bucket: tuple[int, int], flip: bool = False) -> torch.Tensor:
+    return to_pixels(decode_image(path.read_bytes()), bucket, flip)

@@ -145,26 +145,38 @@ class Components:
     scheduler: object
 
 
-def load_components(folder: Path, dtype: torch.dtype, device: torch.device | None = None) -> Components:
-    """Each component through its own library's loader (safetensors only), frozen, in eval mode; moved to
-    ``device`` if given (the trainer moves them itself, so the text encoder and transformer never share the GPU)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+def load_text_encoder(folder: Path, dtype: torch.dtype) -> tuple[object, torch.nn.Module]:
+    """(tokenizer, frozen Qwen3 text encoder in eval mode) on the CPU."""
     from transformers import AutoTokenizer, Qwen3Model
+
+    text_encoder = Qwen3Model.from_pretrained(folder / "text_encoder", dtype=dtype, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    return tokenizer, text_encoder.requires_grad_(False).eval()
+
+
+def load_components(
+    folder: Path, dtype: torch.dtype, device: torch.device | None = None, text_encoder: bool = True
+) -> Components:
+    """Each component through its own library's loader (safetensors only), frozen, in eval mode; moved to
+    ``device`` if given (the trainer moves them itself, so the text encoder and transformer never share the GPU).
+    ``text_encoder=False`` leaves the text encoder and tokenizer out (the trainer loads them only when some
+    caption is not cached yet)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
 
     transformer = ZImageTransformer2DModel.from_pretrained(
         folder, subfolder="transformer", torch_dtype=dtype, use_safetensors=True
     )
-    text_encoder = Qwen3Model.from_pretrained(folder / "text_encoder", dtype=dtype, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    tokenizer, text_encoder = load_text_encoder(folder, dtype) if text_encoder else (None, None)
     # The VAE stays in fp32: it is small (84 M) and encoding latents in low precision costs accuracy.
     vae = AutoencoderKL.from_pretrained(
         folder, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True
     )
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
     for m in (transformer, text_encoder, vae):
-        m.requires_grad_(False).eval()
-        if device is not None:
-            m.to(device)
+        if m is not None:
+            m.requires_grad_(False).eval()
+            if device is not None:
+                m.to(device)
     return Components(transformer, text_encoder, tokenizer, vae, scheduler)
 
 

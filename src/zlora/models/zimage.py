@@ -40,10 +40,15 @@ def predict(
     return [o.squeeze(1) for o in out]  # B x (C, H, W)
 
 
-def encode_images(vae, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """pixels (B, 3, H, W) in [-1, 1] -> normalised training latents (B, C, H/8, W/8), float32."""
+def encode_images(vae, pixels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """pixels (B, 3, H, W) in [-1, 1] -> normalised training latents (B, C, H/8, W/8), float32.
+    The latent is sampled from the VAE's posterior with noise from one seed per image, so an image encodes to
+    the same latent alone or in any batch, cached or not."""
     dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    z = dist.sample(generator=generator)
+    noise = torch.stack([
+        torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds
+    ]).to(dist.mean.device, dist.mean.dtype)  # fmt: skip
+    z = dist.mean + dist.std * noise
     return ((z - vae.config.shift_factor) * vae.config.scaling_factor).float()
 
 

@@ -17,12 +17,13 @@ from tqdm.auto import tqdm
 
 from zlora import __version__
 from zlora.config import Config, dump_config
-from zlora.data.dataset import BatchOrder, load_samples, scan_dataset
+from zlora.data.loader import TrainData
 from zlora.errors import UserError
 from zlora.lora.format import save_lora
 from zlora.models import zimage
 from zlora.models.load import (
     load_components,
+    load_text_encoder,
     make_pipeline,
     resolve_device,
     resolve_dtype,
@@ -63,28 +64,25 @@ class Trainer:
         cfg = self.cfg
         self.device = resolve_device(cfg.job.device)
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
-        samples = [s for i, ds in enumerate(cfg.datasets) for s in scan_dataset(ds, i)]
         self.model_ref = resolve_model(cfg.model.name_or_path)
+        # Scans the datasets now, so a bad dataset fails before any model is loaded.
+        self.data = TrainData(cfg, self.model_ref.folder, self.device, self.dtype)
         adapter = cfg.model.assistant_lora_path
         self.adapter_path = resolve_file_ref(adapter, "model.assistant_lora_path") if adapter else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         self._write_run_json()
 
-        log.info(
-            "loading %s from %s (%s, %s)",
-            cfg.model.name_or_path,
-            self.model_ref.folder,
-            self.dtype,
-            self.device,
-        )
-        self.parts = load_components(self.model_ref.folder, self.dtype)
-        self.parts.text_encoder.to(self.device)
+        log.info("loading %s from %s (%s, %s)", cfg.model.name_or_path, self.model_ref.folder, self.dtype,
+                 self.device)  # fmt: skip
+        self.parts = load_components(self.model_ref.folder, self.dtype, text_encoder=False)
         self.parts.vae.to(self.device)
-        self._encode_dataset(samples)
-        self._encode_sample_prompts()
-        # Everything the text encoder is needed for is encoded now: free it before the transformer moves in.
-        self.parts.text_encoder = self.parts.tokenizer = None
+        self.data.prepare_latents(self.parts.vae)
+        self.data.prepare_text(self._text_encoder)
+        if cfg.train.unload_text_encoder:  # free it before the transformer moves in
+            self.parts.text_encoder = self.parts.tokenizer = None
+        if self.data.all_latents_cached:  # the VAE is only needed on the device for previews now
+            self.parts.vae.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -103,7 +101,7 @@ class Trainer:
             cfg.train.lr_scheduler, self.optimizer,
             num_warmup_steps=cfg.train.lr_warmup_steps, num_training_steps=cfg.train.steps,
         )  # fmt: skip
-        self.order = BatchOrder(len(self.latents), cfg.train.seed)
+        self.order = self.data.order()
         self.generator = torch.Generator(self.device).manual_seed(cfg.train.seed)
         self._resume()
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
@@ -127,31 +125,14 @@ class Trainer:
         }  # fmt: skip
         atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")
 
-    @torch.no_grad()
-    def _encode_dataset(self, samples) -> None:
-        """VAE-encode every image and text-encode every distinct caption once, keeping both in memory."""
-        samples, pixels = load_samples(samples)
-        p = self.parts
-        vae_gen = torch.Generator(self.device).manual_seed(
-            self.cfg.train.seed
-        )  # same latents on every resume
-        self.latents = [
-            zimage.encode_images(p.vae, px.unsqueeze(0), vae_gen)[0]  # (C, H/8, W/8)
-            for px in tqdm(pixels, desc="encoding images", unit="img", leave=False)
-        ]
-        self.captions = [s.caption for s in samples]
-        distinct = sorted(set(self.captions))
-        embeds = zimage.encode_prompts(p.tokenizer, p.text_encoder, distinct)
-        self.caption_embeds = dict(zip(distinct, embeds, strict=True))
-        log.info("dataset: %d samples, %d distinct captions", len(samples), len(distinct))
-
-    def _encode_sample_prompts(self) -> None:
-        s = self.cfg.sample
-        p = self.parts
-        self.sample_embeds = (
-            zimage.encode_prompts(p.tokenizer, p.text_encoder, s.prompts) if s.prompts else []
-        )
-        self.neg_embed = zimage.encode_prompts(p.tokenizer, p.text_encoder, [s.neg])[0]
+    def _text_encoder(self):
+        """Loaded on the device only when some text is not cached yet."""
+        if self.parts.text_encoder is None:
+            self.parts.tokenizer, self.parts.text_encoder = load_text_encoder(
+                self.model_ref.folder, self.dtype
+            )
+        self.parts.text_encoder.to(self.device)
+        return self.parts.tokenizer, self.parts.text_encoder
 
     def _add_lora(self) -> None:
         from peft import LoraConfig
@@ -267,9 +248,9 @@ class Trainer:
     def step_once(self) -> float:
         """One optimizer step on one batch; returns the loss."""
         cfg = self.cfg
-        idx = self.order.next_batch(cfg.train.batch_size)
-        x0 = [self.latents[i] for i in idx]  # B x (C, h, w); sizes may differ between samples
-        caps = [self.caption_embeds[self.captions[i]] for i in idx]
+        idx = self.order.next_batch()  # one bucket: every latent has the same size
+        x0 = self.data.latents(idx, self.parts.vae)  # B x (C, h, w)
+        caps = self.data.captions(idx, self.generator)  # B x (L_i, D): caption lengths differ
         sigmas = sample_sigmas(cfg.train.timestep_type, len(idx), self.generator, self.device)
         noise = [torch.randn(x.shape, generator=self.generator, device=self.device) for x in x0]
 
@@ -298,8 +279,13 @@ class Trainer:
         self.transformer.eval()
         self._use_adapter(training=False)
         tag = checkpoint.step_dir_name(self.step)
-        path = render_previews(self.pipe, self.cfg.sample.prompts, self.sample_embeds, self.neg_embed,
-                               self.cfg.sample, self.run_dir / "samples", tag)  # fmt: skip
+        s, vae = self.cfg.sample, self.parts.vae
+        vae_home = vae.device
+        vae.to(self.device)
+        embeds = [self.data.embedding(p) for p in s.prompts]
+        path = render_previews(self.pipe, s.prompts, embeds, self.data.embedding(s.neg), s, self.run_dir / "samples",
+                               tag)  # fmt: skip
+        vae.to(vae_home)
         log.info("preview grid: %s", path)
         self._use_adapter(training=True)
         self.transformer.train(was_training)

@@ -1,0 +1,237 @@
+"""What the trainer draws from: every dataset's entries, their latents (cached on disk or encoded as drawn) and
+caption embeddings (cached on disk or kept in memory), and the resumable bucket order."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from zlora.config import Config
+from zlora.data.buckets import BucketBatches
+from zlora.data.cache import LATENT_FORMAT, TEXT_FORMAT, DiskCache, fingerprint, key
+from zlora.data.dataset import BAD_IMAGE, Entry, dataset_cache_dir, decode_image, scan_dataset, to_pixels, why
+from zlora.errors import UserError
+from zlora.models import zimage
+
+log = logging.getLogger(__name__)
+CHUNK = 32  # images decoded ahead of the VAE (bounds the pixels held in memory)
+VAE_BATCH = 4
+TEXT_BATCH = 8
+
+
+class TrainData:
+    def __init__(
+        self, cfg: Config, model_folder: Path, device: torch.device, dtype: torch.dtype = torch.float32
+    ):
+        """``dtype``: the text encoder's compute dtype (a bf16 encoder gives other embeddings than fp32)."""
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.entries: list[Entry] = []
+        self.n_images, self.unreadable, self.too_small = 0, [], []
+        for i, ds in enumerate(cfg.datasets):
+            scan = scan_dataset(ds, i, cfg.job.trigger_word)
+            self.entries += scan.entries
+            self.n_images += scan.images
+            self.unreadable += scan.unreadable
+            self.too_small += scan.too_small
+        self.vae_id = fingerprint(model_folder / "vae")
+        self.te_id = fingerprint(model_folder / "text_encoder", model_folder / "tokenizer")
+        self.latent_caches = {
+            i: DiskCache(dataset_cache_dir(ds) / "latents", f"datasets[{i}].cache_dir")
+            for i, ds in enumerate(cfg.datasets) if ds.cache_latents
+        }  # fmt: skip
+        self.text_caches = {
+            i: DiskCache(dataset_cache_dir(ds) / "text", f"datasets[{i}].cache_dir")
+            for i, ds in enumerate(cfg.datasets) if cfg.train.cache_text_embeddings
+        }  # fmt: skip
+        self.image_sha: dict[Path, str] = {}
+        self.text_memory: dict[str, torch.Tensor] = {}
+        self.encoder_calls = {"vae": 0, "text": 0}  # images / prompts encoded (tests and benchmarks read it)
+
+    # ------------------------------------------------------------------ latents
+    @property
+    def all_latents_cached(self) -> bool:
+        return all(e.dataset in self.latent_caches for e in self.entries)
+
+    def _latent_key(self, e: Entry, sha: str | None = None) -> str:
+        return key(LATENT_FORMAT, self.vae_id, sha or self.image_sha[e.image], e.bucket, e.flip)
+
+    def _seed(self, e: Entry) -> int:
+        return int(self._latent_key(e)[:15], 16)
+
+    @torch.no_grad()
+    def prepare_latents(self, vae) -> None:
+        """Hash every image; encode the cache entries that are missing (decoding only those images); decode the
+        others once too when they are not cached, so a broken file is found now and not at step 5000. Bad files
+        are dropped with one summary line; no usable entry at all is an error."""
+        by_image: dict[Path, list[Entry]] = defaultdict(list)
+        for e in self.entries:
+            by_image[e.image].append(e)
+        images = list(by_image)
+        bad: set[Path] = set()
+        bar = tqdm(total=len(images), desc="preparing latents", unit="img", leave=False)
+        chunks = [images[k : k + CHUNK] for k in range(0, len(images), CHUNK)]
+        with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes and resizes outside the GIL
+
+            def submit(chunk: list[Path]) -> list:
+                return [pool.submit(self._read_image, img, by_image[img]) for img in chunk]
+
+            ahead = submit(chunks[0]) if chunks else []
+            for n, chunk in enumerate(chunks):
+                jobs = ahead  # the next chunk decodes while this one encodes
+                ahead = submit(chunks[n + 1]) if n + 1 < len(chunks) else []
+                todo: list[tuple[Entry, torch.Tensor]] = []
+                for img, job in zip(chunk, jobs, strict=True):
+                    sha, error, pixels = job.result()
+                    if error:
+                        bad.add(img)
+                        self.unreadable.append(f"{img.name} ({error})")
+                    else:
+                        self.image_sha[img] = sha
+                        todo += pixels
+                self._encode_and_store(vae, todo)
+                bar.update(len(chunk))
+        bar.close()
+        self.entries = [e for e in self.entries if e.image not in bad]
+        self._report()
+        log.info("dataset: %d images, %d samples in %d buckets; %d latents encoded now", len(images) - len(bad),
+                 len(self.entries), len({e.bucket for e in self.entries}), self.encoder_calls["vae"])  # fmt: skip
+
+    def _read_image(
+        self, img: Path, entries: list[Entry]
+    ) -> tuple[str, str | None, list[tuple[Entry, torch.Tensor]]]:
+        """(sha256, error, pixels of the entries to encode now) for one image file."""
+        try:
+            data = img.read_bytes()
+        except OSError as e:
+            return "", why(e), []
+        sha = hashlib.sha256(data).hexdigest()
+        missing = [e for e in entries if e.dataset in self.latent_caches
+                   and not self.latent_caches[e.dataset].has(self._latent_key(e, sha))]  # fmt: skip
+        if not missing and all(e.dataset in self.latent_caches for e in entries):
+            return sha, None, []  # every entry is cached: the image need not even be decoded
+        try:
+            im = decode_image(data)
+        except BAD_IMAGE as e:
+            return sha, why(e), []
+        return sha, None, [(e, to_pixels(im, e.bucket, e.flip)) for e in missing]
+
+    def _encode_and_store(self, vae, todo: list[tuple[Entry, torch.Tensor]]) -> None:
+        groups: dict[tuple[int, int], list] = defaultdict(list)
+        for e, px in todo:
+            groups[e.bucket].append((e, px))
+        for items in groups.values():
+            for k in range(0, len(items), VAE_BATCH):
+                part = items[k : k + VAE_BATCH]
+                latents = self._encode(vae, [e for e, _ in part], torch.stack([px for _, px in part]))
+                for (e, _), lat in zip(part, latents, strict=True):
+                    self.latent_caches[e.dataset].put(self._latent_key(e), lat)
+
+    def _encode(self, vae, entries: list[Entry], pixels: torch.Tensor) -> torch.Tensor:
+        self.encoder_calls["vae"] += len(entries)
+        return zimage.encode_images(vae, pixels, [self._seed(e) for e in entries])
+
+    def _report(self) -> None:
+        small, bad = self.too_small, self.unreadable
+        if small:
+            log.warning("%d image/resolution pairs skipped (images are never upscaled): %s", len(small),
+                        "; ".join(small[:5]) + (" ..." if len(small) > 5 else ""))  # fmt: skip
+        if not self.entries:
+            raise UserError(
+                f"no usable image in any dataset for any resolution: {'; '.join((bad + small)[:5])}"
+            )
+        if bad:
+            log.warning("%d of %d images skipped: %s", len(bad), self.n_images,
+                        ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))  # fmt: skip
+
+    def latents(self, idx: list[int], vae) -> list[torch.Tensor]:
+        """Training latents (C, h, w) of entries ``idx`` on the training device."""
+        out: dict[int, torch.Tensor] = {}
+        encode = []
+        for i in idx:
+            e = self.entries[i]
+            cache = self.latent_caches.get(e.dataset)
+            lat = cache.get(self._latent_key(e)) if cache else None
+            if lat is None:
+                encode.append(i)
+            else:
+                out[i] = lat
+        if encode:  # not cached (or a damaged entry): encode now; a batch shares one bucket
+            pixels = torch.stack([to_pixels(decode_image(self.entries[i].image.read_bytes()),
+                                            self.entries[i].bucket, self.entries[i].flip) for i in encode])  # fmt: skip
+            with torch.no_grad():
+                for i, lat in zip(
+                    encode, self._encode(vae, [self.entries[i] for i in encode], pixels), strict=True
+                ):
+                    out[i] = lat
+                    if self.entries[i].dataset in self.latent_caches:
+                        self.latent_caches[self.entries[i].dataset].put(
+                            self._latent_key(self.entries[i]), lat
+                        )
+        return [out[i].to(self.device, non_blocking=True) for i in idx]
+
+    # ------------------------------------------------------------------ text
+    def _text_key(self, text: str) -> str:
+        return key(TEXT_FORMAT, self.te_id, self.dtype, zimage.MAX_SEQUENCE_LENGTH, text)
+
+    def _texts(self) -> dict[str, int | None]:
+        """Every text the run needs -> the dataset whose cache holds it (None: memory only). The empty prompt
+        (caption dropout) and the preview prompts live in the first dataset's cache."""
+        s = self.cfg.sample
+        first = 0 if 0 in self.text_caches else None
+        texts: dict[str, int | None] = {t: first for t in ["", s.neg, *s.prompts]}
+        for e in self.entries:
+            texts.setdefault(e.caption, e.dataset if e.dataset in self.text_caches else None)
+        return texts
+
+    @torch.no_grad()
+    def prepare_text(self, load_encoder) -> None:
+        """Encode every needed text that is not cached yet (in batches), into its cache or into memory.
+        ``load_encoder()`` -> (tokenizer, text_encoder) is only called when something must be encoded."""
+        self.text_where = texts = self._texts()
+        todo = [t for t, d in texts.items() if d is None or not self.text_caches[d].has(self._text_key(t))]
+        if todo:
+            tokenizer, text_encoder = load_encoder()
+        for k in tqdm(range(0, len(todo), TEXT_BATCH), desc="encoding captions", unit="batch", leave=False,
+                      disable=not todo):  # fmt: skip
+            part = todo[k : k + TEXT_BATCH]
+            self.encoder_calls["text"] += len(part)
+            for text, emb in zip(part, zimage.encode_prompts(tokenizer, text_encoder, part), strict=True):
+                if texts[text] is None:
+                    self.text_memory[text] = emb
+                else:
+                    self.text_caches[texts[text]].put(self._text_key(text), emb)
+        log.info("captions: %d distinct texts, %d encoded now, %d from cache", len(texts), len(todo),
+                 len(texts) - len(todo))  # fmt: skip
+
+    def embedding(self, text: str) -> torch.Tensor:
+        emb = self.text_memory.get(text)
+        if emb is None:
+            emb = self.text_caches[self.text_where[text]].get(self._text_key(text))
+            if emb is None:
+                raise UserError(f"the text-embedding cache lost the entry for {text[:40]!r} during the run; "
+                                "run the same command again to re-encode it")  # fmt: skip
+        return emb.to(self.device, non_blocking=True)
+
+    def captions(self, idx: list[int], generator: torch.Generator) -> list[torch.Tensor]:
+        """Caption embeddings of entries ``idx``; each is the empty prompt with its dataset's dropout rate."""
+        draws = torch.rand(len(idx), generator=generator, device=generator.device).tolist()
+        out = []
+        for i, u in zip(idx, draws, strict=True):
+            e = self.entries[i]
+            out.append(
+                self.embedding("" if u < self.cfg.datasets[e.dataset].caption_dropout_rate else e.caption)
+            )
+        return out
+
+    # ------------------------------------------------------------------ order
+    def order(self) -> BucketBatches:
+        """Each entry ``num_repeats`` times per epoch; batches from one bucket at a time."""
+        repeats = [self.cfg.datasets[e.dataset].num_repeats for e in self.entries]
+        return BucketBatches([e.bucket for e in self.entries], self.cfg.train.batch_size, self.cfg.train.seed,
+                             repeats)  # fmt: skip
