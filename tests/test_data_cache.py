@@ -2,13 +2,16 @@
 dropout, and a batch-size-4 run over mixed aspect ratios."""
 
 import shutil
+import subprocess
 
 import pytest
 import torch
+import yaml
 from diffusers import AutoencoderKL
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from conftest import ZLORA
 from zlora.data.loader import TrainData
 from zlora.errors import UserError
 from zlora.models.load import load_text_encoder
@@ -173,3 +176,36 @@ def test_batch_size_4_over_mixed_aspect_ratios_trains_from_one_bucket_per_batch(
     assert out.is_file()
     lines = (out.parent / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 6
+
+
+def test_several_datasets_keep_their_own_trigger_repeats_and_dropout(make_config, mixed_dir, dataset_dir):
+    cfg = make_config({"datasets": [
+        {"folder_path": str(mixed_dir), "resolution": 48, "num_repeats": 3, "trigger_word": "sks",
+         "caption_dropout_rate": 1.0},
+        {"folder_path": str(dataset_dir), "resolution": 32, "caption_dropout_rate": 0.0},
+    ]})  # fmt: skip
+    data = TrainData(cfg, builtin_tiny_path(), CPU)
+    first, second = [[e for e in data.entries if e.dataset == d] for d in (0, 1)]
+    assert len(first) == 8 and all(e.caption.startswith("sks shape") for e in first)
+    assert len(second) == 4 and all(e.caption.startswith("zlr, a colour swatch") for e in second)
+    order = data.order()
+    drawn = [i for b in order.plan(0) for i in b]
+    assert len(drawn) == 8 * 3 + 4 and all(drawn.count(i) == 3 for i in range(8))
+    data.prepare_latents(_vae())
+    data.prepare_text(lambda: load_text_encoder(builtin_tiny_path(), torch.float32))
+    g = torch.Generator().manual_seed(0)
+    caps = data.captions(list(range(12)), g)
+    assert all(torch.equal(c, data.embedding("")) for c in caps[:8])  # dataset 0: always dropped
+    assert all(torch.equal(c, data.embedding(data.entries[i].caption)) for i, c in enumerate(caps) if i >= 8)
+
+
+def test_cli_reports_a_dataset_without_usable_images_with_exit_code_2(make_config, tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jpg").write_text("not an image")
+    Image.new("RGB", (20, 20)).save(tmp_path / "bad" / "small.png")
+    cfg = make_config({"datasets": [{"folder_path": str(tmp_path / "bad"), "resolution": 32}]}, as_dict=True)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([*ZLORA, "train", str(path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no usable image" in r.stderr and "a.jpg" in r.stderr and "small.png (20x20)" in r.stderr

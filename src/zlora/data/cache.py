@@ -47,10 +47,14 @@ def key(*parts: object) -> str:
 
 
 class DiskCache:
-    """``get(key)`` / ``put(key, tensor)`` over ``<folder>/<key[:2]>/<key>.safetensors``."""
+    """``get(key)`` / ``put(key, tensor)`` over ``<folder>/<key[:2]>/<key>.safetensors``. Entries read during
+    a run are kept in memory up to ``memory_bytes`` (a typical 10-50 image LoRA dataset fits entirely), so the
+    training loop opens files only for datasets larger than that."""
 
-    def __init__(self, folder: Path, field: str):
+    def __init__(self, folder: Path, field: str, memory_bytes: int = 512 << 20):
         self.folder = folder
+        self.memory_left = memory_bytes
+        self._memory: dict[str, torch.Tensor] = {}
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -68,15 +72,22 @@ class DiskCache:
 
     def get(self, k: str) -> torch.Tensor | None:
         """The cached tensor, or None when absent or unreadable (the entry is then removed)."""
+        if k in self._memory:
+            return self._memory[k]
         path = self.path(k)
         try:
-            return load_file(path)["value"]
+            value = load_file(path)["value"]
         except FileNotFoundError:
             return None
         except (SafetensorError, OSError, KeyError) as e:
             log.warning("cache entry %s is damaged (%s): encoding it again", path, e)
             path.unlink(missing_ok=True)
             return None
+        size = value.numel() * value.element_size()
+        if size <= self.memory_left:
+            self._memory[k] = value = value.clone()  # a private copy: the file may be replaced later
+            self.memory_left -= size
+        return value
 
     def put(self, k: str, value: torch.Tensor) -> None:
         atomic_write(self.path(k), lambda p: save_file({"value": value.detach().cpu().contiguous()}, str(p)))
