@@ -10,7 +10,8 @@ from zlora.errors import UserError
 from zlora.lora.format import read_lora
 from zlora.models import zimage
 from zlora.models.load import load_components, resolve_file_ref
-from zlora.train.trainer import ADAPTER, Trainer, run_training
+from zlora.train.network import ADAPTER
+from zlora.train.trainer import Trainer, run_training
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,11 @@ SYNONYMS = {
     "random_flip": "flip_x",
     "recursive": "include_subfolders",
     "cache_text_encoder_outputs": "cache_text_embeddings",
+    "num_warmup_steps": "lr_warmup_steps",
+    "warmup_steps": "lr_warmup_steps",
+    "gradient_accumulation_steps": "gradient_accumulation",
+    "lora_dropout": "dropout",
+    "network_dropout": "dropout",
 }
 
 

@@ -17,6 +17,25 @@ DEFAULT_TARGET_MODULES = [
     "feed_forward.w3",
 ]
 
+TARGET_PRESETS = {
+    "attn": DEFAULT_TARGET_MODULES[:4],
+    "attn_ff": DEFAULT_TARGET_MODULES,
+    "attn_ff_adaln": [*DEFAULT_TARGET_MODULES, "adaLN_modulation.0"],
+}
+# What ``model.arch`` fills in when the config leaves it unset.
+ARCH_PRESETS = {
+    "zimage:turbo": {"name_or_path": "Tongyi-MAI/Z-Image-Turbo", "assistant_lora_path": "v2",
+                     "sample_steps": 9, "guidance_scale": 0.0},
+    "zimage:deturbo": {"name_or_path": "ostris/Z-Image-De-Turbo", "assistant_lora_path": None,
+                       "sample_steps": 25, "guidance_scale": 3.0},
+    "zimage": {"name_or_path": "Tongyi-MAI/Z-Image", "assistant_lora_path": None,
+               "sample_steps": 30, "guidance_scale": 4.0},
+}  # fmt: skip
+TURBO_ADAPTERS = {
+    f"v{v}": f"ostris/zimage_turbo_training_adapter/zimage_turbo_training_adapter_v{v}.safetensors"
+    for v in (1, 2)
+}
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
@@ -41,12 +60,22 @@ class JobConfig(Section):
 
 
 class ModelConfig(Section):
-    name_or_path: str = "builtin:tiny"
-    """Base model: hub id ``org/name[@revision]``, a local diffusers folder, or ``builtin:tiny``."""
+    name_or_path: str = "Tongyi-MAI/Z-Image"
+    """Base model: hub id ``org/name[@revision]``, a local diffusers folder, or ``builtin:tiny``; default from
+    ``arch``."""
     arch: Literal["zimage", "zimage:turbo", "zimage:deturbo"] = "zimage"
-    """Model family member; later versions fill sampling and adapter defaults from it."""
+    """Model family member. Fills what the config leaves unset: ``zimage:turbo`` -> Tongyi-MAI/Z-Image-Turbo,
+    training adapter v2, previews 9 steps / guidance 0; ``zimage:deturbo`` -> ostris/Z-Image-De-Turbo, 25 / 3;
+    ``zimage`` (Base) -> Tongyi-MAI/Z-Image, 30 / 4."""
     assistant_lora_path: str | None = None
-    """Turbo training adapter: a ``.safetensors`` FILE (local path or ``org/repo/file.safetensors``)."""
+    """Turbo training adapter: a ``.safetensors`` FILE (local path or ``org/repo/file.safetensors``), or ``v1`` /
+    ``v2`` for ostris' adapters. ``null`` trains without one."""
+
+    @field_validator("assistant_lora_path")
+    @classmethod
+    def _adapter_alias(cls, v: str | None) -> str | None:
+        return TURBO_ADAPTERS.get(v, v) if v else v
+
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Weight/compute dtype of the frozen base model. ``auto``: bf16 on CUDA, fp32 on CPU."""
 
@@ -57,12 +86,25 @@ class NetworkConfig(Section):
     """LoRA rank."""
     linear_alpha: float = Field(16, gt=0)
     """LoRA alpha; the update is scaled by alpha / rank."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA path's input (peft ``lora_dropout``)."""
+    preset: Literal["attn", "attn_ff", "attn_ff_adaln"] = "attn_ff"
+    """Which modules get a LoRA when ``target_modules`` is not given: attention only; attention + feed-forward;
+    both + the adaLN modulation."""
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    """Module names inside each block that get a LoRA."""
+    """Module names inside each block that get a LoRA (set explicitly, they win over ``preset``)."""
+    exclude: list[str] = Field(default_factory=list)
+    """Regular expressions on full module names (e.g. ``layers\\.(0|1)\\.``): matching modules get no LoRA."""
     target_blocks: list[Literal["layers", "noise_refiner", "context_refiner"]] = Field(
         default_factory=lambda: ["layers"]
     )
     """Which block lists of the transformer are targeted."""
+
+    @model_validator(mode="after")
+    def _preset(self) -> NetworkConfig:
+        if "target_modules" not in self.model_fields_set:
+            object.__setattr__(self, "target_modules", list(TARGET_PRESETS[self.preset]))
+        return self
 
 
 class SaveConfig(Section):
@@ -74,21 +116,62 @@ class SaveConfig(Section):
     """Newest checkpoints kept; older ones are deleted."""
 
 
+class EmaConfig(Section):
+    use_ema: bool = False
+    ema_decay: float = Field(0.99, ge=0, le=1)
+    """shadow <- decay * shadow + (1 - decay) * weights after each step (decay warms up as (1+n)/(10+n))."""
+
+
 class TrainConfig(Section):
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(1, ge=1)
     lr: float = Field(1e-4, gt=0)
-    optimizer: Literal["adamw"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "lion", "lion8bit", "prodigy", "adafactor"] = "adamw"
+    """adamw (torch), adamw8bit / lion8bit (bitsandbytes, CUDA only), lion (lion-pytorch), prodigy (prodigyopt;
+    use lr 1.0), adafactor (transformers)."""
     optimizer_params: dict[str, float | int | bool | list[float]] = Field(default_factory=dict)
-    """Passed to the optimizer as keyword arguments (e.g. weight_decay, betas)."""
+    """Passed to the optimizer as keyword arguments (e.g. betas, eps, d_coef)."""
+    weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal[
-        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "step"
     ] = "constant"
     lr_warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps (all schedulers except ``constant``)."""
+    lr_scheduler_params: dict[str, float | int] = Field(default_factory=dict)
+    """``num_cycles`` (cosine_with_restarts: hard restarts), ``power`` (polynomial), ``step_size`` and ``gamma``
+    (step: lr x gamma every step_size steps, default a third of the run and 0.5)."""
+    gradient_accumulation: int = Field(1, ge=1)
+    """Batches per optimizer step (effective batch = batch_size x gradient_accumulation); ``steps`` counts
+    optimizer steps."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping norm; 0 disables clipping."""
-    timestep_type: Literal["linear", "sigmoid"] = "sigmoid"
-    """How sigma is drawn: ``linear`` uniform in [0, 1]; ``sigmoid`` logit-normal (mass in mid noise)."""
+    timestep_type: Literal["linear", "sigmoid", "shift", "weighted"] = "sigmoid"
+    """How sigma is drawn: ``linear`` uniform; ``sigmoid`` logit-normal (mass in mid noise); ``shift`` uniform
+    then flow-shifted by ``timestep_shift`` (mass at high noise); ``weighted`` uniform, with each sample's loss
+    weighted by 6 s (1 - s) (mean 1: mid noise counts most, the ends least)."""
+    timestep_shift: float = Field(3.0, gt=0)
+    """Shift for ``timestep_type: shift``: s -> shift s / (1 + (shift - 1) s)."""
+    timestep_bias: Literal["balanced", "high_noise", "low_noise"] = "balanced"
+    """``high_noise`` (s -> 1 - (1 - s)^2) favours composition and style; ``low_noise`` (s -> s^2) identity and
+    detail."""
+    min_timestep: int = Field(0, ge=0, le=1000)
+    """Lowest timestep trained, on the scheduler's 0-1000 scale (sigma = t / 1000)."""
+    max_timestep: int = Field(1000, ge=1, le=1000)
+    loss_type: Literal["mse", "mae", "huber"] = "mse"
+    huber_delta: float = Field(1.0, gt=0)
+    """Where the huber loss turns from quadratic to linear."""
+    ema_config: EmaConfig = Field(default_factory=lambda: EmaConfig())
+    """Exponential moving average of the LoRA weights: previews and saved files use it when on."""
+    diff_output_preservation: bool = False
+    """DOP: the LoRA's prediction on the caption with the trigger word replaced by
+    ``diff_output_preservation_class`` is pulled towards the base model's on it, so the LoRA changes only
+    what the trigger word asks for. Needs a trigger word."""
+    diff_output_preservation_class: str = "person"
+    diff_output_preservation_multiplier: float = Field(1.0, ge=0)
+    do_differential_guidance: bool = False
+    """Differential Guidance: the target is pushed past the current prediction,
+    target <- pred + scale (target - pred) with pred detached (scale 1 is plain training)."""
+    differential_guidance_scale: float = Field(3.0, gt=0)
     seed: int = 42
     gradient_checkpointing: bool = True
     cache_text_embeddings: bool = False
@@ -145,20 +228,47 @@ class DatasetConfig(Section):
         return v.lstrip(".")
 
 
+class PromptConfig(Section):
+    prompt: str
+    width: int | None = Field(None, ge=16, multiple_of=16)
+    height: int | None = Field(None, ge=16, multiple_of=16)
+    seed: int | None = None
+    neg: str | None = None
+    """Each unset value comes from the ``sample`` section."""
+
+
 class SampleConfig(Section):
     sample_every: int = Field(250, ge=1)
-    """Steps between preview grids (a grid is also made at step 0)."""
-    prompts: list[str] = Field(default_factory=list)
-    """Preview prompts: one grid row each. Empty: no previews."""
+    """Steps between preview grids (a grid is also made at step 0 unless ``skip_first_sample``)."""
+    skip_first_sample: bool = False
+    prompts: list[str | PromptConfig] = Field(default_factory=list)
+    """Preview prompts, one grid row each: a string, or ``{prompt, width, height, seed, neg}``. Include prompts
+    without the trigger word: they show whether the LoRA leaks into everything. Empty: no previews."""
     width: int = Field(1024, ge=16, multiple_of=16)
     height: int = Field(1024, ge=16, multiple_of=16)
     sample_steps: int = Field(9, ge=1)
+    """Scheduler steps (Turbo: 9 = 8 transformer forwards); filled from ``model.arch`` when unset."""
     guidance_scale: float = Field(0.0, ge=0)
+    """Filled from ``model.arch`` when unset."""
     neg: str = ""
     """Negative prompt (used when guidance_scale > 0)."""
     seed: int = 42
+    walk_seed: bool = False
+    """Prompt ``i`` starts at seed ``seed + i`` instead of every prompt starting at ``seed``."""
     samples_per_prompt: int = Field(1, ge=1)
     """Grid columns: seeds ``seed``, ``seed+1``, ..."""
+    network_multiplier: float = 1.0
+    """Weight of the LoRA in previews."""
+
+    def prompt_list(self) -> list[PromptConfig]:
+        """Every prompt with its own settings filled in from this section."""
+        out = []
+        for i, p in enumerate(self.prompts):
+            p = PromptConfig(prompt=p) if isinstance(p, str) else p
+            seed = p.seed if p.seed is not None else self.seed + (i if self.walk_seed else 0)
+            out.append(PromptConfig(prompt=p.prompt, width=p.width or self.width, height=p.height or self.height,
+                                    seed=seed, neg=self.neg if p.neg is None else p.neg))  # fmt: skip
+        return out
 
 
 class Config(Section):
@@ -174,4 +284,23 @@ class Config(Section):
     def _needs_data(self) -> Config:
         if not self.datasets:
             raise ValueError("`datasets` is empty: add at least one entry with a folder_path")
+        t = self.train
+        if t.diff_output_preservation and not (
+            self.job.trigger_word or any(d.trigger_word for d in self.datasets)
+        ):
+            raise ValueError("`train.diff_output_preservation` needs a trigger word: set job.trigger_word")
+        if t.min_timestep >= t.max_timestep:
+            raise ValueError(
+                f"`train.min_timestep` ({t.min_timestep}) must be below max_timestep ({t.max_timestep})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _arch_defaults(self) -> Config:
+        """``model.arch`` fills what the config leaves unset; anything set explicitly wins."""
+        preset = ARCH_PRESETS[self.model.arch]
+        for section in (self.model, self.sample):
+            for name, value in preset.items():
+                if name in type(section).model_fields and name not in section.model_fields_set:
+                    object.__setattr__(section, name, TURBO_ADAPTERS.get(value, value) if value else value)
         return self

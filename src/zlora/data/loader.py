@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -182,12 +183,23 @@ class TrainData:
     def _texts(self) -> dict[str, int | None]:
         """Every text the run needs -> the dataset whose cache holds it (None: memory only). The empty prompt
         (caption dropout) and the preview prompts live in the first dataset's cache."""
-        s = self.cfg.sample
         first = 0 if 0 in self.text_caches else None
-        texts: dict[str, int | None] = {t: first for t in ["", s.neg, *s.prompts]}
+        texts: dict[str, int | None] = {"": first}
+        for p in self.cfg.sample.prompt_list():
+            texts.setdefault(p.prompt, first)
+            texts.setdefault(p.neg, first)
         for e in self.entries:
-            texts.setdefault(e.caption, e.dataset if e.dataset in self.text_caches else None)
+            where = e.dataset if e.dataset in self.text_caches else None
+            texts.setdefault(e.caption, where)
+            if self.cfg.train.diff_output_preservation:
+                texts.setdefault(self.class_caption(e), where)
         return texts
+
+    def class_caption(self, e: Entry) -> str:
+        """DOP's caption: the trigger word replaced by the class word (``train.diff_output_preservation_class``)."""
+        trigger = self.cfg.datasets[e.dataset].trigger_word or self.cfg.job.trigger_word or ""
+        word = self.cfg.train.diff_output_preservation_class
+        return re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", word, e.caption) if trigger else e.caption
 
     @torch.no_grad()
     def prepare_text(self, load_encoder) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -12,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from zlora import __version__
@@ -32,13 +32,13 @@ from zlora.models.load import (
 )
 from zlora.train import checkpoint
 from zlora.train.metrics import MetricsLog, plot_loss
+from zlora.train.network import USER_LORA, add_user_lora, load_training_adapter, set_active
+from zlora.train.optim import make_optimizer, make_scheduler
 from zlora.train.sampling import render_previews
-from zlora.train.timesteps import sample_sigmas
+from zlora.train.timesteps import guided_target, loss_weights, sample_loss, sample_sigmas
 from zlora.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-USER_LORA = "default"  # peft's name for the adapter add_adapter creates: the LoRA being trained
-ADAPTER = "assistant"  # the Turbo training adapter (model.assistant_lora_path)
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -87,20 +87,20 @@ class Trainer:
             torch.cuda.empty_cache()
 
         self.transformer = self.parts.transformer.to(self.device)
-        self._add_lora()
+        add_user_lora(self.transformer, cfg.network, cfg.train.seed)
+        if cfg.train.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
         if self.adapter_path:
-            self._load_training_adapter()
+            load_training_adapter(self.transformer, self.adapter_path)
+        self._use_adapter(training=True)
         self.params = [p for p in self.transformer.parameters() if p.requires_grad]
-        try:
-            self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, **cfg.train.optimizer_params)
-        except (TypeError, ValueError) as e:
-            raise UserError(f"`train.optimizer_params` for {cfg.train.optimizer}: {e}") from None
-        from diffusers.optimization import get_scheduler
+        self.optimizer = make_optimizer(cfg.train, self.params, self.device)
+        self.lr_scheduler = make_scheduler(cfg.train, self.optimizer, cfg.train.steps)
+        self.ema = None
+        if cfg.train.ema_config.use_ema:
+            from diffusers.training_utils import EMAModel
 
-        self.lr_scheduler = get_scheduler(
-            cfg.train.lr_scheduler, self.optimizer,
-            num_warmup_steps=cfg.train.lr_warmup_steps, num_training_steps=cfg.train.steps,
-        )  # fmt: skip
+            self.ema = EMAModel(self.params, decay=cfg.train.ema_config.ema_decay)
         self.order = self.data.order()
         self.generator = torch.Generator(self.device).manual_seed(cfg.train.seed)
         self._resume()
@@ -134,56 +134,24 @@ class Trainer:
         self.parts.text_encoder.to(self.device)
         return self.parts.tokenizer, self.parts.text_encoder
 
-    def _add_lora(self) -> None:
-        from peft import LoraConfig
-
-        net = self.cfg.network
-        blocks = "|".join(net.target_blocks)
-        modules = "|".join(m.replace(".", r"\.") for m in net.target_modules)
-        self.lora_config = LoraConfig(
-            r=net.linear, lora_alpha=net.linear_alpha, init_lora_weights=True,
-            target_modules=rf"^({blocks})\.\d+\.({modules})$",
-        )  # fmt: skip
-        torch.manual_seed(self.cfg.train.seed)  # LoRA A init
-        try:
-            self.transformer.add_adapter(self.lora_config, adapter_name=USER_LORA)
-        except ValueError as e:
-            raise UserError(f"`network.target_modules` matched no module of the transformer ({e})") from None
-        for p in self.transformer.parameters():
-            if p.requires_grad:  # trainable LoRA weights stay fp32 whatever the base dtype
-                p.data = p.data.float()
-        if self.cfg.train.gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
-
-    def _load_training_adapter(self) -> None:
-        """The Turbo training adapter: a second, frozen LoRA that de-distils Turbo while training. It stays a
-        separate adapter (never merged), so switching it off for previews is exact and it is never saved."""
-        from diffusers import ZImagePipeline
-
-        try:  # diffusers' converter reads every Z-Image LoRA key format (ai-toolkit, kohya, diffusers, ...)
-            state = ZImagePipeline.lora_state_dict(str(self.adapter_path))
-            self.transformer.load_lora_adapter(state, adapter_name=ADAPTER, prefix="transformer")
-        except (ValueError, KeyError, RuntimeError, OSError) as e:
-            raise UserError(
-                f"`model.assistant_lora_path` {self.adapter_path}: not a Z-Image LoRA ({type(e).__name__}: {e})"
-            ) from None
-        # diffusers only warns when no key matches the model; a silently ignored adapter would ruin the run.
-        if ADAPTER not in getattr(self.transformer, "peft_config", {}):
-            raise UserError(
-                f"`model.assistant_lora_path` {self.adapter_path}: no key matches a Z-Image transformer module; "
-                "is it a LoRA for another model (SDXL, Flux, ...)?"
-            )
-        self._use_adapter(training=True)
-        log.info("training adapter %s loaded (active in training, off for previews)", self.adapter_path)
-
-    def _use_adapter(self, training: bool) -> None:
+    def _use_adapter(self, training: bool, user_weight: float = 1.0) -> None:
         """Training forwards see user LoRA + adapter; previews the user LoRA alone. Only the user LoRA trains."""
-        if not self.adapter_path:
+        set_active(
+            self.transformer, adapter=training and self.adapter_path is not None, user_weight=user_weight
+        )
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        """The EMA weights in place of the trained ones (previews, saved files); a no-op without EMA."""
+        if self.ema is None:
+            yield
             return
-        self.transformer.set_adapters([USER_LORA, ADAPTER] if training else [USER_LORA])
-        for name, p in self.transformer.named_parameters():
-            if ".lora_" in name:  # peft's set_adapters marks every active adapter trainable: undo that
-                p.requires_grad_(f".{USER_LORA}." in name)
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.params)
 
     def _resume(self) -> None:
         found = checkpoint.latest_checkpoint(self.ckpt_root)
@@ -206,6 +174,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.order.load_state_dict(state["order"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise UserError(
+                    f"{path} was trained without EMA; set train.ema_config.use_ema=false or start anew"
+                )
+            self.ema.load_state_dict(state["ema"])
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
@@ -221,7 +195,7 @@ class Trainer:
                      cfg.train.steps)  # fmt: skip
             return
         self._install_signal_handlers()
-        if self.step == 0 and cfg.sample.prompts:
+        if self.step == 0 and cfg.sample.prompts and not cfg.sample.skip_first_sample:
             self.sample()
         self.transformer.train()
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
@@ -246,47 +220,82 @@ class Trainer:
         bar.close()
 
     def step_once(self) -> float:
-        """One optimizer step on one batch; returns the loss."""
-        cfg = self.cfg
-        idx = self.order.next_batch()  # one bucket: every latent has the same size
-        x0 = self.data.latents(idx, self.parts.vae)  # B x (C, h, w)
-        caps = self.data.captions(idx, self.generator)  # B x (L_i, D): caption lengths differ
-        sigmas = sample_sigmas(cfg.train.timestep_type, len(idx), self.generator, self.device)
+        """One optimizer step over ``gradient_accumulation`` batches; returns the loss."""
+        cfg = self.cfg.train
+        batches = [self.order.next_batch() for _ in range(cfg.gradient_accumulation)]  # each from one bucket
+        flat = [i for b in batches for i in b]
+        # All randomness of the step is drawn first, in sample order: 2 batches of 1 draw what 1 batch of 2 does.
+        caps = self.data.captions(flat, self.generator)  # (L_i, D) each: caption lengths differ
+        sigmas = sample_sigmas(cfg, len(flat), self.generator, self.device)
+        x0 = [x for b in batches for x in self.data.latents(b, self.parts.vae)]  # (C, h, w) each
         noise = [torch.randn(x.shape, generator=self.generator, device=self.device) for x in x0]
 
-        x_s = [zimage.noisy_latents(x, n, s) for x, n, s in zip(x0, noise, sigmas, strict=True)]
-        pred = zimage.predict(self.transformer, x_s, sigmas, caps, self.dtype)
-        target = [zimage.velocity_target(x, n) for x, n in zip(x0, noise, strict=True)]
-        # Mean over each sample, then over the batch: samples of different sizes weigh the same.
-        loss = torch.stack([F.mse_loss(p.float(), t) for p, t in zip(pred, target, strict=True)]).mean()
-
-        loss.backward()
-        if cfg.train.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.train.max_grad_norm)
+        total, start = 0.0, 0
+        for b in batches:
+            part = slice(start, start + len(b))
+            start += len(b)
+            loss = self._loss(b, x0[part], noise[part], sigmas[part], caps[part]) * (len(b) / len(flat))
+            loss.backward()
+            total += loss.item()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        if not math.isfinite(value):
+        if self.ema is not None:
+            self.ema.step(self.params)
+        if not math.isfinite(total):
             raise RuntimeError(
-                f"loss is {value} at step {self.step + 1}; lower train.lr or use model.dtype=fp32"
+                f"loss is {total} at step {self.step + 1}; lower train.lr or use model.dtype=fp32"
             )
-        return value
+        return total
+
+    def _loss(self, idx, x0, noise, sigmas, caps) -> torch.Tensor:
+        """Mean over the batch of each sample's mean loss (samples of different sizes weigh the same)."""
+        cfg = self.cfg.train
+        x_s = [zimage.noisy_latents(x, n, s) for x, n, s in zip(x0, noise, sigmas, strict=True)]
+        pred = zimage.predict(self.transformer, x_s, sigmas, caps, self.dtype)
+        target = [zimage.velocity_target(x, n) for x, n in zip(x0, noise, strict=True)]
+        if cfg.do_differential_guidance:
+            target = [
+                guided_target(p, t, cfg.differential_guidance_scale)
+                for p, t in zip(pred, target, strict=True)
+            ]
+        losses = torch.stack([sample_loss(p, t, cfg) for p, t in zip(pred, target, strict=True)])
+        loss = (losses * loss_weights(cfg, sigmas)).mean()
+        if cfg.diff_output_preservation:
+            loss = loss + cfg.diff_output_preservation_multiplier * self._dop_loss(idx, x_s, sigmas)
+        return loss
+
+    def _dop_loss(self, idx, x_s, sigmas) -> torch.Tensor:
+        """Differential Output Preservation: on the class caption, the LoRA's prediction is pulled towards the base
+        model's (user LoRA at weight 0: exactly the base, training adapter still on)."""
+        caps = [self.data.embedding(self.data.class_caption(self.data.entries[i])) for i in idx]
+        with torch.no_grad():
+            self._use_adapter(training=True, user_weight=0.0)
+            prior = zimage.predict(self.transformer, x_s, sigmas, caps, self.dtype)
+            self._use_adapter(training=True)
+        pred = zimage.predict(self.transformer, x_s, sigmas, caps, self.dtype)
+        return torch.stack(
+            [torch.mean((p.float() - q.float()) ** 2) for p, q in zip(pred, prior, strict=True)]
+        ).mean()
 
     @torch.no_grad()
     def sample(self) -> None:
         was_training = self.transformer.training
         self.transformer.eval()
-        self._use_adapter(training=False)
-        tag = checkpoint.step_dir_name(self.step)
         s, vae = self.cfg.sample, self.parts.vae
+        self._use_adapter(training=False, user_weight=s.network_multiplier)
         vae_home = vae.device
         vae.to(self.device)
-        embeds = [self.data.embedding(p) for p in s.prompts]
-        path = render_previews(self.pipe, s.prompts, embeds, self.data.embedding(s.neg), s, self.run_dir / "samples",
-                               tag)  # fmt: skip
-        vae.to(vae_home)
+        prompts = s.prompt_list()
+        embeds = [self.data.embedding(p.prompt) for p in prompts]
+        negs = [self.data.embedding(p.neg) for p in prompts]
+        tag = checkpoint.step_dir_name(self.step)
+        with self._ema_weights():
+            path = render_previews(self.pipe, prompts, embeds, negs, s, self.run_dir / "samples", tag)
         log.info("preview grid: %s", path)
+        vae.to(vae_home)
         self._use_adapter(training=True)
         self.transformer.train(was_training)
 
@@ -300,9 +309,14 @@ class Trainer:
         return get_peft_model_state_dict(self.transformer, adapter_name=USER_LORA)
 
     def write_lora(self, path: Path) -> None:
+        """The LoRA as users load it: the EMA weights when EMA is on."""
         cfg = self.cfg
+        with self._ema_weights():
+            state = {
+                k: v.detach().clone() for k, v in self._lora_state().items()
+            }  # before the weights return
         save_lora(
-            path, self._lora_state(), rank=cfg.network.linear, alpha=cfg.network.linear_alpha,
+            path, state, rank=cfg.network.linear, alpha=cfg.network.linear_alpha,
             dtype=SAVE_DTYPES[cfg.save.dtype],
             metadata={"base_model": cfg.model.name_or_path, "arch": cfg.model.arch, "step": str(self.step),
                       "trigger_word": cfg.job.trigger_word or "", "target_modules": cfg.network.target_modules,
@@ -322,6 +336,8 @@ class Trainer:
             "rng": rng,
             "network": self.cfg.network.model_dump(mode="json"),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         path = checkpoint.save_checkpoint(
             self.ckpt_root, self.step, state, self.write_lora, self.cfg.save.max_step_saves_to_keep
         )
