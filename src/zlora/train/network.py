@@ -26,8 +26,11 @@ def target_module_names(transformer: torch.nn.Module, net: NetworkConfig) -> lis
         exclude = [re.compile(x) for x in net.exclude]
     except re.error as e:
         raise UserError(f"`network.exclude` has an invalid regular expression: {e}") from None
-    names = [n for n, m in transformer.named_modules()
-             if isinstance(m, torch.nn.Linear) and pattern.match(n) and not any(x.search(n) for x in exclude)]  # fmt: skip
+    names = [
+        n
+        for n, _ in transformer.named_modules()
+        if pattern.match(n) and not any(x.search(n) for x in exclude)
+    ]
     if not names:
         raise UserError("`network.target_modules` / `target_blocks` / `exclude` leave no module to train; "
                         f"modules look like layers.0.{net.target_modules[0]}")  # fmt: skip
