@@ -29,8 +29,10 @@ def adapter_file(tmp_path_factory, tiny_dir) -> str:
     return str(path)
 
 
-def _trainer(make_config, adapter: str | None, steps: int = 3, name: str = "t") -> Trainer:
-    model = {"assistant_lora_path": adapter} if adapter else {}
+def _trainer(
+    make_config, adapter: str | None, steps: int = 3, name: str = "t", dtype: str = "fp32"
+) -> Trainer:
+    model = {"assistant_lora_path": adapter, "dtype": dtype} if adapter else {"dtype": dtype}
     cfg = make_config({"model": model, "train": {"steps": steps, "lr": 1e-2}, "job": {"name": name}})
     t = Trainer(cfg)
     t.setup()
@@ -74,8 +76,12 @@ def test_adapter_is_active_in_training_frozen_and_never_saved(make_config, adapt
     assert any(not torch.equal(tensors[k], plain[k]) for k in tensors), "training with the adapter differs"
 
 
-def test_previews_equal_base_plus_user_lora_without_the_adapter_exactly(make_config, adapter_file):
-    t = _trainer(make_config, adapter_file)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_previews_equal_base_plus_user_lora_without_the_adapter_exactly(make_config, adapter_file, dtype):
+    """Also with the base stored in bf16: the adapter is a separate adapter, never merged into (and subtracted
+    from) low-precision weights, so nothing drifts."""
+    t = _trainer(make_config, adapter_file, dtype=dtype)
+    assert t.transformer.get_submodule("layers.0.attention.to_k").weight.dtype == t.dtype
     t.train()
     t.transformer.eval()
     t._use_adapter(training=False)
