@@ -48,6 +48,59 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- models
+def _hub(args: argparse.Namespace):
+    from zlora.hub.manifest import hub_settings
+
+    return hub_settings(args.models_dir, args.endpoint, args.offline)
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from zlora.hub.pull import pull, split_ref
+
+    folder = pull(args.ref, _hub(args), revision=args.revision, to=Path(args.to) if args.to else None)
+    _, _, file = split_ref(args.ref)
+    print(f"{args.ref}: complete and verified in {folder}")
+    print("use it with:" if not file else "use it with (training adapter):")
+    print(f"  assistant_lora_path: {folder / file}" if file else f"model:\n  name_or_path: {folder}")
+    return 0
+
+
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    from zlora.hub.local import verify
+
+    problems = verify(args.target, _hub(args), fix=args.fix)
+    for p in problems:
+        print(f"BAD  {p}")
+    if problems:
+        print(f"{len(problems)} bad file(s); run again with --fix to re-fetch only those", file=sys.stderr)
+        return 1
+    print(f"{args.target}: all files match{' after --fix' if args.fix else ''}")
+    return 0
+
+
+def cmd_models_export(args: argparse.Namespace) -> int:
+    from zlora.hub.local import export
+
+    folder = export(args.ref, Path(args.to))
+    print(f"exported {args.ref} to {folder} (files verified); use it with:")
+    print(f"model:\n  name_or_path: {folder}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from zlora.hub.local import list_models
+
+    rows = list_models(_hub(args))
+    if not rows:
+        print("no models found (models folder and HF cache are empty)")
+        return 0
+    cols = ["name", "revision", "size", "complete", "location"]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    for r in [dict(zip(cols, cols, strict=True)), *rows]:
+        print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
+    return 0
+
+
 def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     from zlora.models.tiny import make_tiny
 
@@ -204,6 +257,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_models_make_tiny)
+    hub = argparse.ArgumentParser(add_help=False)
+    hub.add_argument("--endpoint", help="hub or mirror URL (default: $HF_ENDPOINT, else huggingface.co)")
+    hub.add_argument(
+        "--models-dir",
+        help="where pulled models live (default: $ZLORA_MODELS_DIR, else ~/.cache/zlora/models)",
+    )
+    hub.add_argument("--offline", action="store_true", help="never touch the network (also HF_HUB_OFFLINE=1)")
+    p = models.add_parser(
+        "pull", parents=[hub], help="download what a Z-Image pipeline needs (or one file), verified"
+    )
+    p.add_argument("ref", help="org/name[@revision] or org/name/path/file.safetensors")
+    p.add_argument("--revision")
+    p.add_argument("--to", help="target folder (default: <models-dir>/<org>--<name>)")
+    p.set_defaults(func=cmd_models_pull)
+    p = models.add_parser(
+        "verify", parents=[hub], help="sha256 of every file against the manifest (or the hub)"
+    )
+    p.add_argument("target", help="a model folder or org/name")
+    p.add_argument("--fix", action="store_true", help="re-fetch only the bad files")
+    p.set_defaults(func=cmd_models_verify)
+    p = models.add_parser(
+        "export", help="copy a model out of the HF cache into a plain folder (hardlinks if possible)"
+    )
+    p.add_argument("ref")
+    p.add_argument("--to", required=True)
+    p.set_defaults(func=cmd_models_export)
+    p = models.add_parser("list", parents=[hub], help="models in the models folder and the HF cache")
+    p.set_defaults(func=cmd_models_list)
 
     lora = sub.add_parser("lora", help="inspect and convert LoRA files").add_subparsers(
         dest="sub", required=True

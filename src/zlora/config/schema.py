@@ -271,8 +271,18 @@ class SampleConfig(Section):
         return out
 
 
+class HubConfig(Section):
+    models_dir: str | None = None
+    """Folder that holds pulled models (``<org>--<name>``); default $ZLORA_MODELS_DIR, else ~/.cache/zlora/models."""
+    endpoint: str | None = None
+    """Hub or mirror URL (e.g. https://hf-mirror.com); default $HF_ENDPOINT, else huggingface.co."""
+    offline: bool = False
+    """Never touch the network (also HF_HUB_OFFLINE=1): a model not complete on disk is an error."""
+
+
 class Config(Section):
     job: JobConfig = Field(default_factory=JobConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     save: SaveConfig = Field(default_factory=SaveConfig)

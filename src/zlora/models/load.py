@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from zlora.errors import UserError
+from zlora.hub.local import check_folder, resolve_hub_file, resolve_hub_model
+from zlora.hub.manifest import HubSettings, hub_settings
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
-HUB_PATTERNS = ["model_index.json", *(f"{c}/*" for c in COMPONENTS)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 
@@ -36,25 +36,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def check_folder(folder: Path) -> None:
-    """Name every missing component of a diffusers folder at once."""
-    problems = []
-    if not (folder / "model_index.json").is_file():
-        problems.append(f"{folder}: no model_index.json; this is not a diffusers model folder")
-    for comp in ("transformer", "text_encoder", "vae"):
-        sub = folder / comp
-        if not (sub / "config.json").is_file():
-            problems.append(f"{folder}: {comp}/ has no config.json")
-        elif not any(sub.glob("*.safetensors")):
-            problems.append(f"{folder}: {comp}/ has no .safetensors weights")
-    if not (folder / "tokenizer").is_dir():
-        problems.append(f"{folder}: tokenizer/ is missing")
-    if not (folder / "scheduler").is_dir():
-        problems.append(f"{folder}: scheduler/ is missing")
-    if problems:
-        raise UserError(problems=problems)
-
-
 @dataclass(frozen=True)
 class ResolvedModel:
     reference: str
@@ -62,8 +43,9 @@ class ResolvedModel:
     revision: str | None = None
 
 
-def resolve_model(ref: str) -> ResolvedModel:
-    """``builtin:tiny`` | local diffusers folder | hub id ``org/name[@revision]`` -> local folder."""
+def resolve_model(ref: str, settings: HubSettings | None = None) -> ResolvedModel:
+    """``builtin:tiny`` | local diffusers folder | hub id ``org/name[@revision]`` -> local folder. A hub model
+    complete in the models folder or the HF cache is used without any network request."""
     if ref == "builtin:tiny":
         from zlora.models.tiny import builtin_tiny_path
 
@@ -83,30 +65,11 @@ def resolve_model(ref: str) -> ResolvedModel:
         )
     if not _HUB_ID.match(ref):
         raise UserError(f"`model.name_or_path` is neither a folder nor a hub id (org/name): {ref}")
-    return _from_hub(ref)
+    folder, commit = resolve_hub_model(ref, settings or hub_settings())
+    return ResolvedModel(ref, folder, commit)
 
 
-def _from_hub(ref: str) -> ResolvedModel:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    repo_id, _, revision = ref.partition("@")
-    kwargs = dict(repo_id=repo_id, revision=revision or None, allow_patterns=HUB_PATTERNS)
-    try:  # a complete local copy is used without any network request
-        folder = snapshot_download(**kwargs, local_files_only=True)
-    except (LocalEntryNotFoundError, FileNotFoundError):
-        log.info("downloading %s (only the files a Z-Image pipeline needs)", ref)
-        try:
-            folder = snapshot_download(**kwargs)
-        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
-            raise UserError(
-                f"`model.name_or_path` {ref}: could not download ({type(e).__name__}: {e})"
-            ) from None
-    check_folder(Path(folder))
-    return ResolvedModel(ref, Path(folder), revision or None)
-
-
-def resolve_file_ref(ref: str, field: str) -> Path:
+def resolve_file_ref(ref: str, field: str, settings: HubSettings | None = None) -> Path:
     """A ``.safetensors`` FILE: a local path, or a hub file ``org/repo/path/file.safetensors``."""
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -123,17 +86,7 @@ def resolve_file_ref(ref: str, field: str) -> Path:
         raise UserError(
             f"`{field}` not found: {ref}; give a local .safetensors file or org/repo/file.safetensors"
         )
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    try:
-        return Path(hf_hub_download(repo_id, filename, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError):
-        try:
-            return Path(hf_hub_download(repo_id, filename))
-        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
-            raise UserError(f"`{field}` {ref}: could not download ({type(e).__name__}: {e})") from None
+    return resolve_hub_file(ref, settings or hub_settings())
 
 
 @dataclass

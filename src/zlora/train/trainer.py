@@ -19,6 +19,7 @@ from zlora import __version__
 from zlora.config import Config, dump_config
 from zlora.data.loader import TrainData
 from zlora.errors import UserError
+from zlora.hub.manifest import hub_settings
 from zlora.lora.format import save_lora
 from zlora.models import zimage
 from zlora.models.load import (
@@ -64,11 +65,12 @@ class Trainer:
         cfg = self.cfg
         self.device = resolve_device(cfg.job.device)
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
-        self.model_ref = resolve_model(cfg.model.name_or_path)
+        hub = hub_settings(cfg.hub.models_dir, cfg.hub.endpoint, cfg.hub.offline)
+        self.model_ref = resolve_model(cfg.model.name_or_path, hub)
         # Scans the datasets now, so a bad dataset fails before any model is loaded.
         self.data = TrainData(cfg, self.model_ref.folder, self.device, self.dtype)
         adapter = cfg.model.assistant_lora_path
-        self.adapter_path = resolve_file_ref(adapter, "model.assistant_lora_path") if adapter else None
+        self.adapter_path = resolve_file_ref(adapter, "model.assistant_lora_path", hub) if adapter else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         self._write_run_json()

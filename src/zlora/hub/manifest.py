@@ -1,0 +1,109 @@
+"""Where models live, the manifest each pulled/exported folder carries, and hashing.
+
+A manifest (``zlora-manifest.json``) lists every file with its size and sha256 plus the repo and the commit it
+came from. "Complete" (checked at every start, no hashing) means every listed file exists with its size;
+``verify`` re-hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from zlora.utils.io import atomic_write_text, cache_dir
+
+MANIFEST = "zlora-manifest.json"
+CHUNK = 8 << 20  # hashing buffer: large reads keep sha256 at disk/CPU speed
+SKIP_DIRS = {".cache"}  # huggingface_hub's local_dir download metadata
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    models_dir: Path
+    endpoint: str | None
+    offline: bool
+
+
+def hub_settings(
+    models_dir: str | None = None, endpoint: str | None = None, offline: bool = False
+) -> HubSettings:
+    """Explicit values (config ``hub.*`` or CLI flags) win over ZLORA_MODELS_DIR / HF_ENDPOINT / HF_HUB_OFFLINE,
+    read now (huggingface_hub reads its environment once, at import)."""
+    folder = models_dir or os.environ.get("ZLORA_MODELS_DIR") or cache_dir() / "models"
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return HubSettings(Path(folder).expanduser(), endpoint or os.environ.get("HF_ENDPOINT") or None,
+                       offline or env_offline)  # fmt: skip
+
+
+def model_folder(settings: HubSettings, repo_id: str, revision: str | None) -> Path:
+    name = repo_id.replace("/", "--") + (f"--{revision}" if revision else "")
+    return settings.models_dir / name
+
+
+def sha256_file(path: Path, progress=None) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if progress is not None:
+                progress.update(n)
+    return h.hexdigest()
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git object id of a (small, non-LFS) file: what the hub lists as its ``oid``."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def local_files(folder: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*")
+        if p.is_file() and p.name != MANIFEST and not SKIP_DIRS & set(p.relative_to(folder).parts)
+        and not p.name.endswith(".incomplete")
+    )  # fmt: skip
+
+
+def missing_or_wrong_size(folder: Path, manifest: dict) -> list[str]:
+    """Manifest files that are absent or have another size (no hashing: cheap enough for every start)."""
+    bad = []
+    for rel, entry in manifest["files"].items():
+        p = folder / rel
+        if not p.is_file():
+            bad.append(f"{rel}: missing")
+        elif p.stat().st_size != entry["size"]:
+            bad.append(f"{rel}: wrong size ({p.stat().st_size} bytes, expected {entry['size']})")
+    return bad
+
+
+def check_files(folder: Path, manifest: dict, progress=None) -> list[str]:
+    """Every problem of the folder against its manifest: missing, wrong size, wrong hash (one line each)."""
+    problems = missing_or_wrong_size(folder, manifest)
+    named = {p.split(":")[0] for p in problems}
+    for rel, entry in manifest["files"].items():
+        if rel not in named and sha256_file(folder / rel, progress) != entry["sha256"]:
+            problems.append(f"{rel}: wrong hash (sha256 differs from the manifest)")
+    return problems
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"

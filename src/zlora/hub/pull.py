@@ -1,0 +1,144 @@
+"""Pull a model (only what a Z-Image pipeline needs) or one file from the hub or a mirror into a plain folder,
+through huggingface_hub's own client: it resumes partial files with Range requests and writes nothing
+half-done under a final name. Each file is hashed after download and recorded in the folder's manifest, so a
+later pull skips it and a later start needs no network at all."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from zlora.errors import UserError
+from zlora.hub.manifest import (
+    HubSettings,
+    git_blob_sha1,
+    human,
+    model_folder,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+PIPELINE_PATTERNS = [
+    "model_index.json",
+    "scheduler/*",
+    "text_encoder/*",
+    "tokenizer/*",
+    "transformer/*",
+    "vae/*",
+]
+
+
+def split_ref(ref: str, revision: str | None = None) -> tuple[str, str | None, str | None]:
+    """``org/name[@rev]`` or ``org/name/path/file.safetensors`` -> (repo_id, revision, file or None)."""
+    ref, _, at = ref.partition("@")
+    parts = ref.strip("/").split("/")
+    if len(parts) < 2 or not all(parts):
+        raise UserError(f"not a hub reference: {ref!r}; use org/name or org/name/path/file.safetensors")
+    file = "/".join(parts[2:]) or None
+    return "/".join(parts[:2]), revision or at or None, file
+
+
+def _api(settings: HubSettings):
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=settings.endpoint)
+
+
+def remote_files(settings: HubSettings, repo_id: str, revision: str | None, file: str | None):
+    """(commit, {path: (size, sha256 or None, git sha1)}) of the files to fetch, from the hub's tree listing."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.hf_api import RepoFile
+
+    api = _api(settings)
+    where = settings.endpoint or "the hub"
+    try:
+        commit = api.repo_info(repo_id, revision=revision).sha
+        tree = [
+            f for f in api.list_repo_tree(repo_id, revision=commit, recursive=True) if isinstance(f, RepoFile)
+        ]
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"{repo_id}: no such model on {where} (private or gated models need `hf auth login`)"
+        ) from None
+    except RevisionNotFoundError:
+        raise UserError(f"{repo_id}: no revision {revision!r} on {where}") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise UserError(f"{repo_id}: cannot reach {where} ({type(e).__name__}: {e}); "
+                        "set --endpoint / HF_ENDPOINT for a mirror, or work offline with a local copy") from None  # fmt: skip
+    if file:
+        wanted = [f for f in tree if f.path == file]
+        if not wanted:
+            raise UserError(f"{repo_id} has no file {file!r} at {revision or 'main'}")
+    else:
+        wanted = [f for f in tree if any(fnmatch.fnmatch(f.path, p) for p in PIPELINE_PATTERNS)]
+        if not any(f.path == "model_index.json" for f in wanted):
+            raise UserError(f"{repo_id} is not a diffusers pipeline (no model_index.json)")
+    return commit, {f.path: (f.size, f.lfs.sha256 if f.lfs else None, f.blob_id) for f in wanted}
+
+
+def _matches(path: Path, size: int, sha256: str | None, sha1: str) -> tuple[bool, str]:
+    digest = sha256_file(path)
+    ok = path.stat().st_size == size and (digest == sha256 if sha256 else git_blob_sha1(path) == sha1)
+    return ok, digest
+
+
+def pull(ref: str, settings: HubSettings, revision: str | None = None, to: Path | None = None,
+         refetch: set[str] | None = None) -> Path:  # fmt: skip
+    """Download what is missing or bad into ``to`` (default: the models folder) and return the folder.
+    ``refetch``: files to download again whatever the local copy says (``verify --fix``)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if settings.offline:
+        raise UserError(f"{ref}: offline (--offline / HF_HUB_OFFLINE) and not complete locally; "
+                        f"run `zlora models pull {ref}` where the hub or a mirror is reachable")  # fmt: skip
+    repo_id, revision, file = split_ref(ref, revision)
+    commit, files = remote_files(settings, repo_id, revision, file)
+    folder = Path(to).expanduser() if to else model_folder(settings, repo_id, revision)
+    folder.mkdir(parents=True, exist_ok=True)
+    old = read_manifest(folder) or {}
+    manifest = {"repo": repo_id, "revision": revision or "main", "commit": commit, "endpoint": settings.endpoint,
+                "files": {k: v for k, v in old.get("files", {}).items() if old.get("commit") == commit}}  # fmt: skip
+    todo = []
+    for rel, (size, sha256, sha1) in files.items():
+        entry, path = manifest["files"].get(rel), folder / rel
+        if rel in (refetch or set()) or not path.is_file() or path.stat().st_size != size:
+            todo.append(rel)
+        elif entry is None or entry["size"] != size:  # present from an earlier, interrupted pull: check it
+            ok, digest = _matches(path, size, sha256, sha1)
+            if ok:
+                manifest["files"][rel] = {"size": size, "sha256": digest}
+            else:
+                todo.append(rel)
+    need = sum(files[r][0] for r in todo)
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise UserError(f"{ref}: needs {human(need)}, {human(free)} free on {folder}; free space or use --to / "
+                        "hub.models_dir / ZLORA_MODELS_DIR for another disk")  # fmt: skip
+    log.info("%s@%s: %d files, %s to download into %s", repo_id, commit[:10], len(todo), human(need), folder)
+    for rel in tqdm(todo, desc="files", unit="file", disable=len(todo) < 2):
+        size, sha256, sha1 = files[rel]
+        try:
+            # A present file is bad (wrong size or hash): without force the client trusts its own metadata.
+            hf_hub_download(repo_id, rel, revision=commit, local_dir=folder, endpoint=settings.endpoint,
+                            force_download=(folder / rel).is_file())  # fmt: skip
+        except (HfHubHTTPError, OSError) as e:
+            write_manifest(folder, manifest)  # keep what is verified so far
+            raise UserError(f"{ref}: download of {rel} failed ({type(e).__name__}: {e}); "
+                            "run the same command again to resume") from None  # fmt: skip
+        ok, digest = _matches(folder / rel, size, sha256, sha1)
+        if not ok:
+            (folder / rel).unlink()
+            write_manifest(folder, manifest)
+            raise UserError(f"{ref}: {rel} arrived with the wrong hash (a corrupting proxy or mirror?); "
+                            "run the same command again, or try another --endpoint")  # fmt: skip
+        manifest["files"][rel] = {"size": size, "sha256": digest}
+        write_manifest(folder, manifest)  # after every file: a killed pull keeps what it verified
+    write_manifest(folder, manifest)
+    return folder
