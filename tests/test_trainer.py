@@ -114,9 +114,8 @@ def test_run_folder_holds_lora_checkpoints_metrics_plot_and_previews(make_config
     assert (run / "samples" / "step-000000.png").is_file() and (
         run / "samples" / "step-000005_p1_s43.png"
     ).is_file()
-    assert (run / "config.yaml").is_file() and json.loads((run / "run.json").read_text())["base_model"][
-        "file_sizes"
-    ]
+    files = json.loads((run / "run.json").read_text())["base_model"]["files"]
+    assert (run / "config.yaml").is_file() and files["transformer/config.json"]["size"] > 0
 
     tensors, meta = read_lora(lora)
     assert meta["format"] == "zlora" and meta["trigger_word"] == "zlr" and meta["step"] == "5"

@@ -19,7 +19,7 @@ from zlora import __version__
 from zlora.config import Config, dump_config
 from zlora.data.loader import TrainData
 from zlora.errors import UserError
-from zlora.hub.manifest import hub_settings
+from zlora.hub.manifest import hub_settings, read_manifest
 from zlora.lora.format import save_lora
 from zlora.models import zimage
 from zlora.models.load import (
@@ -115,12 +115,13 @@ class Trainer:
         import transformers
 
         folder = self.model_ref.folder
-        files = {
-            str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()
-        }
+        manifest = read_manifest(folder)  # pulled/exported models: sha256 per file, computed once at pull
+        files = manifest["files"] if manifest else {
+            str(p.relative_to(folder)): {"size": p.stat().st_size} for p in sorted(folder.rglob("*")) if p.is_file()
+        }  # fmt: skip
         info = {
             "base_model": {"reference": self.model_ref.reference, "folder": str(folder),
-                           "revision": self.model_ref.revision, "file_sizes": files},
+                           "revision": self.model_ref.revision, "files": files},
             "versions": {"zlora": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "peft": peft.__version__,
                          "python": platform.python_version()},
