@@ -108,6 +108,11 @@ class Trainer:
         self._resume()
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
         self.pipe = make_pipeline(self.parts)
+        trigger = cfg.job.trigger_word
+        if trigger and cfg.sample.prompts and all(trigger in p.prompt for p in cfg.sample.prompt_list()):
+            log.info(
+                "tip: add a preview prompt without %r; if it drifts during training, the LoRA leaks", trigger
+            )
 
     def _write_run_json(self) -> None:
         import diffusers
