@@ -209,3 +209,21 @@ def test_cli_reports_a_dataset_without_usable_images_with_exit_code_2(make_confi
     r = subprocess.run([*ZLORA, "train", str(path)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "no usable image" in r.stderr and "a.jpg" in r.stderr and "small.png (20x20)" in r.stderr
+
+
+def test_component_identity_uses_the_manifest_hash_when_there_is_one(tiny_dir, tmp_path):
+    from zlora.data.cache import fingerprint
+    from zlora.hub.manifest import sha256_file, write_manifest
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    sampled = fingerprint(model / "vae")
+    files = {str(p.relative_to(model)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in (model / "vae").rglob("*") if p.is_file()}  # fmt: skip
+    write_manifest(model, {"repo": "a/b", "commit": "0" * 40, "files": files})
+    listed = fingerprint(model / "vae")
+    assert listed != sampled
+    weights = next(iter(k for k in files if k.endswith(".safetensors")))
+    files[weights]["sha256"] = "f" * 64  # a change the manifest knows of, wherever it is in the file
+    write_manifest(model, {"repo": "a/b", "commit": "0" * 40, "files": files})
+    assert fingerprint(model / "vae") != listed

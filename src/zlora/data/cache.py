@@ -24,14 +24,22 @@ _SAMPLED_BYTES = 1 << 20
 
 
 def fingerprint(*folders: Path) -> str:
-    """Identity of model components (e.g. vae/, or text_encoder/ + tokenizer/): every file's name and size,
-    small files in full and the first and last MiB of large ones. Reading the whole 8 GB text encoder at every
-    start would cost seconds; any retrained weight file differs within its first MiB of tensor data."""
+    """Identity of model components (e.g. vae/, or text_encoder/ + tokenizer/) inside one model folder.
+    A file listed in the folder's manifest (``zlora models pull/export``) counts by its sha256. Other files
+    count by name and size, small ones in full, large ones by their first and last MiB: hashing the whole
+    8 GB text encoder at every start would cost seconds, and any retrained weight file differs within its
+    first MiB of tensor data."""
+    from zlora.hub.manifest import read_manifest
+
     h = hashlib.sha256()
     for folder in folders:
+        known = (read_manifest(folder.parent) or {}).get("files", {})
         for p in sorted(q for q in folder.rglob("*") if q.is_file()):
-            size = p.stat().st_size
-            h.update(f"{p.relative_to(folder.parent)}\0{size}\0".encode())
+            rel, size = str(p.relative_to(folder.parent)), p.stat().st_size
+            h.update(f"{rel}\0{size}\0".encode())
+            if rel in known and known[rel]["size"] == size:
+                h.update(known[rel]["sha256"].encode())
+                continue
             with open(p, "rb") as f:
                 if size <= 4 * _SAMPLED_BYTES:
                     h.update(f.read())
