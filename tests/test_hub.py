@@ -206,3 +206,20 @@ def test_cli_pull_through_a_mirror_endpoint_and_verify(hub, tmp_path):
     r = subprocess.run([*ZLORA, "models", "pull", "org/missing", "--endpoint", url], capture_output=True, text=True,
                        env=env)  # fmt: skip
     assert r.returncode == 2 and "no such model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_verify_without_a_manifest_checks_against_the_hubs_hashes(hub, tmp_path):
+    server, url = hub
+    settings = _settings(tmp_path, url)
+    folder = pull(REPO, settings)
+    (folder / MANIFEST).unlink()
+    assert verify(REPO, settings) == []  # LFS sha256 and git blob ids from the hub's tree listing
+    (folder / "vae" / "config.json").write_text("{}")
+    data = bytearray((folder / WEIGHTS).read_bytes())
+    data[-1] ^= 0x10
+    (folder / WEIGHTS).write_bytes(bytes(data))
+    assert sorted(verify(REPO, settings)) == [
+        f"{WEIGHTS}: wrong hash (differs from the hub)", "vae/config.json: wrong size (2 bytes, expected "
+        f"{len(server.repos[REPO].files['vae/config.json'].data)})"]  # fmt: skip
+    with pytest.raises(UserError, match="no manifest to verify against"):
+        verify(str(folder), settings)
