@@ -132,7 +132,7 @@ def verify(target: str, settings: HubSettings, fix: bool = False) -> list[str]:
     if problems and fix:
         if manifest is None:
             raise UserError(
-                f"{folder}: no {'manifest'}; --fix needs to know the repo: pull it with zlora models pull"
+                f"{folder}: no manifest, so --fix cannot tell the repo; pull it: zlora models pull ORG/NAME --to {folder}"
             )
         bad = {p.split(":")[0] for p in problems}
         pull(f"{manifest['repo']}@{manifest['commit']}", settings, to=folder, refetch=bad)

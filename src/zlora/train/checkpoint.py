@@ -4,6 +4,7 @@ when complete, so a killed process never leaves a checkpoint that looks complete
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from zlora.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +71,30 @@ def save_checkpoint(
 
 def load_state(path: Path) -> dict:
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def write_run_json(path: Path, model_ref) -> None:
+    """``run.json``: the base model (reference, commit, files with the manifest's sha256 when there is one)
+    and the package versions, so a run can be reproduced."""
+    import platform
+
+    import diffusers
+    import peft
+    import transformers
+
+    from zlora import __version__
+    from zlora.hub.manifest import read_manifest
+
+    folder = model_ref.folder
+    manifest = read_manifest(folder)  # pulled/exported models: sha256 per file, computed once at pull
+    files = manifest["files"] if manifest else {
+        str(p.relative_to(folder)): {"size": p.stat().st_size} for p in sorted(folder.rglob("*")) if p.is_file()
+    }  # fmt: skip
+    info = {
+        "base_model": {"reference": model_ref.reference, "folder": str(folder), "revision": model_ref.revision,
+                       "files": files},
+        "versions": {"zlora": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__, "peft": peft.__version__,
+                     "python": platform.python_version()},
+    }  # fmt: skip
+    atomic_write_text(path, json.dumps(info, indent=2) + "\n")

@@ -1,12 +1,10 @@
-"""The trainer: ``setup -> train -> save -> cleanup``. ``train()`` reads top-down; the loss is one line in ``step()``."""
+"""The trainer: ``setup -> train -> save -> cleanup``. ``train()`` reads top-down; the loss is computed in ``_loss()``."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import platform
 import signal
 import sys
 import time
@@ -15,11 +13,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from zlora import __version__
 from zlora.config import Config, dump_config
 from zlora.data.loader import TrainData
 from zlora.errors import UserError
-from zlora.hub.manifest import hub_settings, read_manifest
+from zlora.hub.manifest import hub_settings
 from zlora.lora.format import save_lora
 from zlora.models import zimage
 from zlora.models.load import (
@@ -73,7 +70,7 @@ class Trainer:
         self.adapter_path = resolve_file_ref(adapter, "model.assistant_lora_path", hub) if adapter else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
-        self._write_run_json()
+        checkpoint.write_run_json(self.run_dir / "run.json", self.model_ref)
 
         log.info("loading %s from %s (%s, %s)", cfg.model.name_or_path, self.model_ref.folder, self.dtype,
                  self.device)  # fmt: skip
@@ -113,25 +110,6 @@ class Trainer:
             log.info(
                 "tip: add a preview prompt without %r; if it drifts during training, the LoRA leaks", trigger
             )
-
-    def _write_run_json(self) -> None:
-        import diffusers
-        import peft
-        import transformers
-
-        folder = self.model_ref.folder
-        manifest = read_manifest(folder)  # pulled/exported models: sha256 per file, computed once at pull
-        files = manifest["files"] if manifest else {
-            str(p.relative_to(folder)): {"size": p.stat().st_size} for p in sorted(folder.rglob("*")) if p.is_file()
-        }  # fmt: skip
-        info = {
-            "base_model": {"reference": self.model_ref.reference, "folder": str(folder),
-                           "revision": self.model_ref.revision, "files": files},
-            "versions": {"zlora": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                         "transformers": transformers.__version__, "peft": peft.__version__,
-                         "python": platform.python_version()},
-        }  # fmt: skip
-        atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")
 
     def _text_encoder(self):
         """Loaded on the device only when some text is not cached yet."""
