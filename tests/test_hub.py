@@ -223,3 +223,22 @@ def test_verify_without_a_manifest_checks_against_the_hubs_hashes(hub, tmp_path)
         f"{len(server.repos[REPO].files['vae/config.json'].data)})"]  # fmt: skip
     with pytest.raises(UserError, match="no manifest to verify against"):
         verify(str(folder), settings)
+
+
+def test_training_from_a_hub_reference_pulls_once_then_runs_offline(hub, tmp_path, make_config):
+    from zlora.train.trainer import run_training
+
+    server, url = hub
+    models = str(tmp_path / "models")
+    cfg = make_config({"model": {"name_or_path": REPO}, "hub": {"models_dir": models, "endpoint": url},
+                       "train": {"steps": 1}})  # fmt: skip
+    lora = run_training(cfg)
+    run_json = (lora.parent / "run.json").read_text()
+    assert (
+        server.repos[REPO].commit in run_json
+        and sha256_file(tmp_path / "models" / "org--tiny-zimage" / WEIGHTS) in run_json
+    )
+    before = len(server.requests)
+    again = make_config({"model": {"name_or_path": REPO}, "hub": {"models_dir": models, "offline": True},
+                         "train": {"steps": 2}, "job": {"name": "offline"}})  # fmt: skip
+    assert run_training(again).is_file() and len(server.requests) == before
