@@ -147,16 +147,9 @@ def _verify_against_hub(folder: Path, target: str, settings: HubSettings) -> lis
         )
     repo_id, revision, _ = split_ref(target)
     _, files = remote_files(settings, repo_id, revision, None)
-    problems = []
-    for rel, (size, sha256, sha1) in files.items():
-        p = folder / rel
-        if not p.is_file():
-            problems.append(f"{rel}: missing")
-        elif p.stat().st_size != size:
-            problems.append(f"{rel}: wrong size ({p.stat().st_size} bytes, expected {size})")
-        elif (sha256_file(p) != sha256) if sha256 else (git_blob_sha1(p) != sha1):
-            problems.append(f"{rel}: wrong hash (differs from the hub)")
-    return problems
+    listed = {rel: {"size": size, **({"sha256": sha256} if sha256 else {"git_sha1": sha1})}
+              for rel, (size, sha256, sha1) in files.items()}  # fmt: skip
+    return check_files(folder, {"files": listed}, source="differs from the hub")
 
 
 def export(ref: str, to: Path) -> Path:

@@ -91,13 +91,22 @@ def missing_or_wrong_size(folder: Path, manifest: dict) -> list[str]:
     return bad
 
 
-def check_files(folder: Path, manifest: dict, progress=None) -> list[str]:
-    """Every problem of the folder against its manifest: missing, wrong size, wrong hash (one line each)."""
+def check_files(
+    folder: Path, manifest: dict, progress=None, source: str = "sha256 differs from the manifest"
+):
+    """Every problem of the folder against ``manifest["files"]``: missing, wrong size, wrong hash (one line
+    each). An entry is checked by its ``sha256``, or, for a small file listed by the hub, its ``git_sha1``."""
     problems = missing_or_wrong_size(folder, manifest)
     named = {p.split(":")[0] for p in problems}
     for rel, entry in manifest["files"].items():
-        if rel not in named and sha256_file(folder / rel, progress) != entry["sha256"]:
-            problems.append(f"{rel}: wrong hash (sha256 differs from the manifest)")
+        if rel in named:
+            continue
+        if "sha256" in entry:
+            ok = sha256_file(folder / rel, progress) == entry["sha256"]
+        else:
+            ok = git_blob_sha1(folder / rel) == entry["git_sha1"]
+        if not ok:
+            problems.append(f"{rel}: wrong hash ({source})")
     return problems
 
 
