@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from zlora.errors import UserError
-from zlora.utils.io import atomic_write
+from zlora.utils.st import save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -98,4 +98,4 @@ class DiskCache:
         return value
 
     def put(self, k: str, value: torch.Tensor) -> None:
-        atomic_write(self.path(k), lambda p: save_file({"value": value.detach().cpu().contiguous()}, str(p)))
+        save_tensors(self.path(k), {"value": value.detach().cpu().contiguous()})

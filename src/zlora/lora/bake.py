@@ -2,29 +2,22 @@
 
 Each base tensor is read from its memory-mapped safetensors file, the summed delta is added in fp32 (checked
 finite) and cast back, and the bytes go straight to the output file, so peak memory stays near one tensor even for
-the 12 GB transformer. safetensors' ``save_file`` needs every tensor in memory at once and the library has no
-streaming writer, hence the small writer below (the format is an 8-byte header length, a JSON header, raw bytes).
+the 12 GB transformer (``utils.st.write_streaming``: safetensors' own ``save_file`` needs every tensor in memory).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from zlora.errors import UserError
 from zlora.lora.formats import LoraModule
-from zlora.utils.io import atomic_path
-
-_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-           torch.bool: "BOOL"}  # fmt: skip
+from zlora.utils.io import make_dirs
+from zlora.utils.st import DTYPE_OF, open_safetensors, write_streaming
 
 
 def transformer_files(folder: Path) -> list[Path]:
@@ -38,36 +31,11 @@ def _specs(files: list[Path]) -> list[tuple[str, Path, torch.dtype, list[int]]]:
     """(key, file, dtype, shape) of every base tensor, without loading any data."""
     out = []
     for path in files:
-        with safe_open(str(path), framework="pt") as f:
+        with open_safetensors(path) as f:
             for key in f.keys():
                 sl = f.get_slice(key)
-                out.append((key, path, _dtype(sl.get_dtype()), list(sl.get_shape())))
+                out.append((key, path, DTYPE_OF[sl.get_dtype()], list(sl.get_shape())))
     return out
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {v: k for k, v in _DTYPES.items()}[name]
-
-
-def write_streaming(path: Path, specs: list[tuple[str, torch.dtype, list[int]]], tensors: Iterator[torch.Tensor],
-                    metadata: dict[str, str]) -> None:  # fmt: skip
-    """Write a safetensors file whose tensors arrive one at a time, in ``specs`` order."""
-    header: dict[str, object] = {"__metadata__": metadata}
-    offset = 0
-    for key, dtype, shape in specs:
-        size = dtype.itemsize * int(torch.Size(shape).numel())
-        header[key] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for (key, dtype, shape), t in zip(specs, tensors, strict=True):
-            if t.dtype != dtype or list(t.shape) != shape:
-                raise RuntimeError(f"{key}: got {t.dtype} {list(t.shape)}, header says {dtype} {shape}")
-            if t.numel():
-                f.write(t.contiguous().view(torch.uint8).numpy())  # buffer protocol: no bytes copy
 
 
 def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], out: Path) -> list[str]:
@@ -90,9 +58,7 @@ def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], o
 
     def tensors() -> Iterator[torch.Tensor]:
         with contextlib.ExitStack() as stack:
-            handles = {
-                p: stack.enter_context(safe_open(str(p), framework="pt")) for p in {s[1] for s in specs}
-            }
+            handles = {p: stack.enter_context(open_safetensors(p)) for p in {s[1] for s in specs}}
             for key, path, dtype, _ in specs:
                 yield _merged(key, handles[path].get_tensor(key), dtype)
 
@@ -110,7 +76,7 @@ def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], o
     if out.suffix == ".safetensors":
         write_streaming(out, plain, tensors(), meta)
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out)
         shutil.copyfile(model_folder / "transformer" / "config.json", out / "config.json")
         write_streaming(out / "diffusion_pytorch_model.safetensors", plain, tensors(), meta)
     return sorted(targets)

@@ -8,12 +8,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from zlora import __version__
 from zlora.errors import UserError
-from zlora.utils.io import atomic_write
+from zlora.utils.st import read_tensors, save_tensors
 
 FORMAT_VERSION = "1"
 
@@ -44,20 +42,25 @@ def save_lora(
     alpha: float,
     dtype: torch.dtype,
     metadata: dict[str, object] | None = None,
+    hint: str = "",
 ) -> None:
     tensors = to_file_dict(peft_state, alpha, dtype)
     meta = {"format": "zlora", "format_version": FORMAT_VERSION, "zlora_version": __version__,
             "rank": str(rank), "alpha": str(alpha)}  # fmt: skip
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    save_tensors(path, tensors, meta, hint=hint)
 
 
 def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise UserError(f"{path}: LoRA files must be .safetensors (pickle files are never loaded)")
+    if path.is_dir():
+        inside = ", ".join(sorted(p.name for p in path.glob("*.safetensors"))) or "none"
+        raise UserError(f"{path} is a folder; point at one of its .safetensors files: {inside}")
     if not path.is_file():
         raise UserError(f"LoRA file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    if path.suffix.lower() != ".safetensors":
+        raise UserError(
+            f"{path}: LoRA files must be .safetensors (pickle files such as .pt/.ckpt are never loaded)"
+        )
+    return read_tensors(path)
