@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from conftest import ZLORA
 from zlora.errors import UserError
 from zlora.lora.format import read_lora
-from zlora.lora.formats import LoraModule, detect_format, diffusers_metadata, read_modules, write_modules
+from zlora.lora.formats import LoraModule, detect_format, encode, read_modules, write_modules
 from zlora.lora.tools import convert_lora, delta_norm
 from zlora.models.load import load_components
 
@@ -35,7 +35,9 @@ def modules(transformer) -> dict[str, LoraModule]:
 
 
 @pytest.mark.parametrize("fmt", ["zlora", "diffusers", "kohya", "comfy-fused"])
-def test_round_trip_through_each_format_is_bit_exact(modules, fmt, tmp_path):
+def test_round_trip_through_each_format_keeps_every_delta(modules, fmt, tmp_path):
+    """Bit-exact where the format keeps A, B and alpha as they are; diffusers folds alpha/rank into B (one fp32
+    product per weight), so there the delta is equal to rounding."""
     src = tmp_path / "a.safetensors"
     save_file(write_modules(modules, "zlora"), str(src))
     convert_lora(src, tmp_path / "b.safetensors", fmt)
@@ -44,13 +46,19 @@ def test_round_trip_through_each_format_is_bit_exact(modules, fmt, tmp_path):
     a, _ = read_lora(src)
     c, meta = read_lora(tmp_path / "c.safetensors")
     assert a.keys() == c.keys()
-    assert all(torch.equal(a[k], c[k]) for k in a)
     assert meta["converted_from"] == fmt
+    if fmt == "diffusers":
+        back = read_modules(c)
+        for name, m in modules.items():
+            torch.testing.assert_close(back[name].delta(), m.delta(), rtol=1e-6, atol=1e-7)
+    else:
+        assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_kohya_names_keep_their_underscores(modules):
     keys = set(write_modules(modules, "kohya"))
-    assert "lora_unet_layers_0_attention_to_out_0.lora_down.weight" in keys
+    assert "lora_unet_layers_0_attention_out.lora_down.weight" in keys
+    assert "lora_unet_layers_0_feed_forward_w1.lora_up.weight" in keys
     assert "lora_unet_noise_refiner_0_adaLN_modulation_0.alpha" in keys
     back = read_modules(write_modules(modules, "kohya"))
     assert set(back) == set(modules)
@@ -82,11 +90,8 @@ def test_diffusers_loads_each_written_format_and_equals_the_delta_applied_by_han
     from diffusers import ZImagePipeline
 
     path = tmp_path / f"{fmt}.safetensors"
-    save_file(
-        write_modules(modules, fmt),
-        str(path),
-        metadata=diffusers_metadata(modules) if fmt == "diffusers" else None,
-    )
+    tensors, meta = encode(modules, fmt)
+    save_file(tensors, str(path), metadata=meta or None)
     pipe = ZImagePipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32)
     pipe.load_lora_weights(str(path))
     x, t, cap = (
@@ -112,8 +117,10 @@ def test_foreign_and_unknown_files_are_named():
         detect_format(
             ["double_blocks.0.img_attn.qkv.lora_A.weight", "double_blocks.0.img_attn.qkv.lora_B.weight"]
         )
-    with pytest.raises(UserError, match="unknown LoRA key format"):
+    with pytest.raises(UserError, match="no LoRA weights"):
         detect_format(["foo.weight"])
+    with pytest.raises(UserError, match="LoRA for another model"):
+        detect_format(["foo.lora_A.weight", "foo.lora_B.weight"])
 
 
 def test_cli_inspect_reports_alpha_equals_rank_for_ai_toolkit_files_and_refuses_pickles(modules, tmp_path):
@@ -127,3 +134,75 @@ def test_cli_inspect_reports_alpha_equals_rank_for_ai_toolkit_files_and_refuses_
     (tmp_path / "x.ckpt").write_bytes(b"\x80\x04")
     r = subprocess.run([*ZLORA, "lora", "inspect", str(tmp_path / "x.ckpt")], capture_output=True, text=True)
     assert r.returncode == 2 and "never loaded" in r.stderr and "Traceback" not in r.stderr
+
+
+# ComfyUI's Z-Image model (comfy.ldm.lumina NextDiT) names its weights after the original Lumina code: fused qkv,
+# `out`, `q_norm`; diffusers splits q/k/v. This maps a diffusers module name to ComfyUI's.
+COMFY = {"attention.to_q": "attention.qkv", "attention.to_k": "attention.qkv", "attention.to_v": "attention.qkv",
+         "attention.to_out.0": "attention.out", "attention.norm_q": "attention.q_norm",
+         "attention.norm_k": "attention.k_norm"}  # fmt: skip
+
+
+def _comfy_name(name: str) -> str:
+    block, _, rest = name.partition(".")
+    idx, _, rest = rest.partition(".")
+    return f"{block}.{idx}.{COMFY.get(rest, rest)}"
+
+
+def _tensors_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a loader that ignores metadata applies (ComfyUI): (alpha / rank) B A with the file's alpha key, else
+    scale 1; per key stem."""
+    out = {}
+    for key in tensors:
+        for down, up in ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight")):
+            if key.endswith(down):
+                stem = key.removesuffix(down)
+                A, B = tensors[key].float(), tensors[stem + up].float()
+                alpha = tensors.get(stem + ".alpha")
+                out[stem] = (float(alpha) / A.shape[0] if alpha is not None else 1.0) * (B @ A)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["zlora", "diffusers", "kohya", "comfy", "comfy-fused"])
+def test_a_reader_of_tensors_only_applies_the_original_delta(modules, fmt, transformer):
+    tensors, _ = encode(modules, fmt)
+    deltas = _tensors_only(tensors)
+    if fmt in ("zlora", "diffusers"):  # diffusers module names, one delta each
+        prefix = "diffusion_model." if fmt == "zlora" else "transformer."
+        assert set(deltas) == {prefix + n for n in modules}
+        for name, m in modules.items():
+            torch.testing.assert_close(deltas[prefix + name], m.delta(), rtol=1e-6, atol=1e-7)
+        return
+    # kohya / comfy: every key is a ComfyUI module; q/k/v arrive as one delta on the fused qkv weight
+    comfy_modules = {_comfy_name(n) for n, _ in transformer.named_modules() if n.split(".")[0] in
+                     ("layers", "noise_refiner", "context_refiner") and n.count(".") >= 2}  # fmt: skip
+    prefix = "lora_unet_" if fmt == "kohya" else "diffusion_model."
+    names = {(p.replace(".", "_") if fmt == "kohya" else p): p for p in comfy_modules}
+    expected: dict[str, list] = {}
+    for name, m in modules.items():
+        expected.setdefault(_comfy_name(name), []).append((name, m.delta()))
+    for stem, delta in deltas.items():
+        module = names.get(stem.removeprefix(prefix))
+        assert stem.startswith(prefix) and module is not None, f"{stem} is no module of ComfyUI's Z-Image"
+        order = {"to_q": 0, "to_k": 1, "to_v": 2}
+        parts = sorted(expected.pop(module), key=lambda nd: order.get(nd[0].rsplit(".", 1)[-1], 0))
+        torch.testing.assert_close(delta, torch.cat([d for _, d in parts]), rtol=1e-6, atol=1e-7)
+    assert not expected, f"modules lost: {sorted(expected)[:3]}"
+
+
+def test_old_split_kohya_names_still_read(modules):
+    old = {}
+    for module, m in modules.items():
+        base = "lora_unet_" + module.replace(".", "_")
+        old[base + ".lora_down.weight"], old[base + ".lora_up.weight"] = m.A, m.B
+        old[base + ".alpha"] = torch.tensor(m.alpha)
+    back = read_modules(old)
+    assert set(back) == set(modules)
+    assert all(torch.equal(back[n].B, m.B) for n, m in modules.items())
+
+
+def test_inspect_shows_the_effective_scale(modules, tmp_path):
+    from zlora.lora.tools import inspect_lora
+
+    save_file(write_modules(modules, "zlora"), str(tmp_path / "a.safetensors"))
+    assert "scale:    0.5 (alpha/rank" in inspect_lora(tmp_path / "a.safetensors")
