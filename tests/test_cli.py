@@ -74,6 +74,6 @@ def test_a_hub_model_complete_in_the_hf_cache_is_used_offline(tiny_dir, tmp_path
                         "--width", "32", "--height", "32", "--out", str(out)], capture_output=True, text=True, env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert Image.open(out).size == (32, 32)
-    r = subprocess.run([*ZLORA, "generate", "--model", "acme/other", "--prompt", "x", "--out", str(out)],
+    r = subprocess.run([*ZLORA, "generate", "--model", "acme/other", "--prompt", "x", "--out", str(tmp_path / "p.png")],
                        capture_output=True, text=True, env=env)  # fmt: skip
     assert r.returncode == 2 and "acme/other" in r.stderr and "Traceback" not in r.stderr

@@ -20,7 +20,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     try:
-        lora = run_training(cfg)
+        lora = run_training(cfg, force_resume=args.force_resume)
     except TrainingInterrupted as e:
         print(f"zlora: {e}", file=sys.stderr)
         return e.exit_code
@@ -115,15 +115,27 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
 def cmd_lora_inspect(args: argparse.Namespace) -> int:
     from zlora.lora.tools import inspect_lora
 
-    print(inspect_lora(args.file))
+    print(inspect_lora(args.file, args.allow_foreign))
     return 0
 
 
+def _output(args: argparse.Namespace) -> str:
+    """``-o/--output``, or the positional ``dst`` kept from before the one-convention change."""
+    dst, out = getattr(args, "dst", None), args.output
+    if dst and out and dst != out:
+        raise UserError(f"two outputs given ({dst} and -o {out}); give one")
+    if not (dst or out):
+        raise UserError("no output given; add -o FILE")
+    return dst or out
+
+
 def cmd_lora_convert(args: argparse.Namespace) -> int:
+    from zlora.lora.formats import resolve_format
     from zlora.lora.tools import convert_lora
 
-    source = convert_lora(args.src, args.dst, args.to)
-    print(f"{args.src} ({source}) -> {args.dst} ({args.to})")
+    out, fmt = _output(args), resolve_format(args.to)
+    source = convert_lora(args.src, out, fmt, args.overwrite)
+    print(f"{args.src} ({source}) -> {out} ({fmt})")
     return 0
 
 
@@ -137,17 +149,25 @@ def _report_kept(kept: dict[str, float]) -> None:
 
 
 def cmd_lora_scale(args: argparse.Namespace) -> int:
-    from zlora.lora.edit import Multipliers, parse_layer_spec
+    from zlora.lora.edit import COMPONENTS, Multipliers, parse_layer_spec
     from zlora.lora.tools import scale_lora
 
-    comps = {c: getattr(args, c) for c in ("adaln", "qk", "v", "out", "ffn", "w1", "w2", "w3")}
+    if args.old_out is not None:  # `--out` was the to_out multiplier before -o/--output became the rule
+        try:
+            float(args.old_out)
+        except ValueError:
+            raise UserError(f"--out {args.old_out}: write the output as -o {args.old_out}") from None
+        raise UserError(f"--out {args.old_out}: the to_out multiplier is now --attn-out {args.old_out} "
+                        "(-o/--output names the output file)")  # fmt: skip
+    comps = {c: getattr(args, c) for c in COMPONENTS}
     if comps["ffn"] is not None and any(comps[w] is not None for w in ("w1", "w2", "w3")):
         raise UserError("use either --ffn or --w1/--w2/--w3, not both")
     mult = Multipliers(
         args.ratio, {c: v for c, v in comps.items() if v is not None}, parse_layer_spec(args.layers)
     )
-    scale_lora(args.src, args.dst, mult)
-    print(args.dst)
+    out = _output(args)
+    scale_lora(args.src, out, mult, args.overwrite, args.allow_foreign)
+    print(out)
     return 0
 
 
@@ -157,7 +177,8 @@ def cmd_lora_merge(args: argparse.Namespace) -> int:
 
     parsed = [parse_input_multipliers(x) for x in args.inputs]
     inputs = [_parse_lora_arg(text) for text, _ in parsed]
-    _report_kept(merge_loras(inputs, args.output, args.rank, [m for _, m in parsed]))
+    _report_kept(merge_loras(inputs, args.output, args.rank, [m for _, m in parsed], args.overwrite,
+                             args.allow_foreign))  # fmt: skip
     print(args.output)
     return 0
 
@@ -165,23 +186,24 @@ def cmd_lora_merge(args: argparse.Namespace) -> int:
 def cmd_lora_resize(args: argparse.Namespace) -> int:
     from zlora.lora.tools import resize_lora
 
-    _report_kept(resize_lora(args.src, args.dst, args.rank))
-    print(args.dst)
+    out = _output(args)
+    _report_kept(resize_lora(args.src, out, args.rank, args.overwrite, args.allow_foreign))
+    print(out)
     return 0
 
 
 def cmd_lora_bake(args: argparse.Namespace) -> int:
     from zlora.lora.tools import bake_loras
 
-    changed = bake_loras(args.base, [_parse_lora_arg(x) for x in args.lora], args.out)
-    print(f"{args.out}: {len(changed)} weights changed")
+    changed = bake_loras(args.base, [_parse_lora_arg(x) for x in args.lora], args.output, args.overwrite)
+    print(f"{args.output}: {len(changed)} weights changed")
     return 0
 
 
 def cmd_lora_extract(args: argparse.Namespace) -> int:
     from zlora.lora.tools import extract_lora
 
-    errors = extract_lora(args.base, args.tuned, args.rank, args.output)
+    errors = extract_lora(args.base, args.tuned, args.rank, args.output, args.overwrite)
     worst = max(errors, key=errors.get)
     print(f"{len(errors)} modules; relative error: mean {sum(errors.values()) / len(errors):.4f}, "
           f"worst {errors[worst]:.4f} ({worst})")  # fmt: skip
@@ -197,163 +219,188 @@ def _parse_lora_arg(text: str) -> tuple[str, float]:
         try:
             return path, float(weight)
         except ValueError:
-            pass
+            if path.lower().endswith(".safetensors") and not Path(text).exists():
+                raise UserError(f"{text}: the weight after ':' must be a number, e.g. {path}:0.8") from None
     return text, 1.0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from zlora.generate import generate_image
-    from zlora.utils.io import atomic_write
+    from zlora.generate import generate_image, image_format
+    from zlora.utils.io import atomic_write, check_output
 
     loras = [_parse_lora_arg(x) for x in args.lora]
+    fmt = image_format(args.output)
+    check_output(args.output, [p for p, _ in loras], overwrite=args.overwrite)
     image = generate_image(
         model=args.model, loras=loras, prompt=args.prompt, negative_prompt=args.negative, steps=args.steps,
         guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
         device=args.device, dtype=args.dtype,
     )  # fmt: skip
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(Path(args.out).suffix.lower(), "PNG")
-    atomic_write(args.out, lambda p: image.save(p, format=fmt))
-    print(args.out)
+    atomic_write(args.output, lambda p: image.save(p, format=fmt))
+    print(args.output)
     return 0
 
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zlora", description="Train and manage Z-Image LoRAs.")
+    # -v works before or after the subcommand: every parser has it; SUPPRESS keeps a later parser from
+    # resetting what an earlier one set.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    parser = argparse.ArgumentParser(prog="zlora", description="Train and manage Z-Image LoRAs.",
+                                     parents=[common], allow_abbrev=False)  # fmt: skip
     parser.add_argument("--version", action="version", version=f"zlora {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a LoRA from a YAML config (resumes automatically)")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", metavar="a.b=c", help="override settings, e.g. train.steps=100")
-    p.set_defaults(func=cmd_train)
+    def add(group, name: str, text: str, func=None, parents=()):
+        p = group.add_parser(
+            name, help=text, description=text, parents=[common, *parents], allow_abbrev=False
+        )
+        if func:
+            p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("generate", help="generate an image with a base model and LoRAs")
+    writes = argparse.ArgumentParser(add_help=False)
+    writes.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    foreign = argparse.ArgumentParser(add_help=False)
+    foreign.add_argument("--allow-foreign", action="store_true",
+                         help="process a LoRA for another model (SDXL, Flux, ...) with its keys as they are")  # fmt: skip
+
+    p = add(sub, "train", "train a LoRA from a YAML config (the same command resumes)", cmd_train)
+    p.add_argument("config", help="YAML config (zlora's, e.g. configs/quickstart.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="a.b=c", help="override settings, e.g. train.steps=100")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume even though settings changed since the checkpoint; the new ones apply from it")  # fmt: skip
+
+    p = add(sub, "generate", "generate an image with a base model and LoRAs", cmd_generate, [writes])
     p.add_argument("--model", required=True, help="hub id, diffusers folder or builtin:tiny")
-    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="a LoRA .safetensors and its weight (default 1); repeat for several")  # fmt: skip
+    p.add_argument("--prompt", required=True, help="the text to render")
     p.add_argument("--negative", default="", help="negative prompt (with --guidance > 0)")
     p.add_argument("--steps", type=int, default=9, help="scheduler steps (Turbo: 9 = 8 DiT forwards)")
     p.add_argument("--guidance", type=float, default=0.0, help="CFG scale (Turbo: 0; De-Turbo/Base: 2-4)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--out", default="out.png")
-    p.set_defaults(func=cmd_generate)
+    p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same image)")
+    p.add_argument("--width", type=int, default=1024, help="image width, a multiple of 16")
+    p.add_argument("--height", type=int, default=1024, help="image height, a multiple of 16")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
+    p.add_argument("-o", "--output", "--out", default="out.png", help="image file (.png, .jpg, .webp)")
 
-    cfg = sub.add_parser("config", help="check or print a config").add_subparsers(dest="sub", required=True)
+    cfg = add(sub, "config", "check or print a config").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
     for name, func, text in (("validate", cmd_config_validate, "report every problem in a config"),
                              ("show", cmd_config_show, "print the fully resolved config")):  # fmt: skip
-        p = cfg.add_parser(name, help=text)
-        p.add_argument("config")
-        p.add_argument("overrides", nargs="*", metavar="a.b=c")
-        p.set_defaults(func=func)
+        p = add(cfg, name, text, func)
+        p.add_argument("config", help="YAML config")
+        p.add_argument(
+            "overrides", nargs="*", metavar="a.b=c", help="override settings, e.g. train.steps=100"
+        )
 
-    models = sub.add_parser("models", help="model files").add_subparsers(dest="sub", required=True)
-    p = models.add_parser("make-tiny", help="write the tiny random Z-Image (tests, demo) to DIR")
-    p.add_argument("dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_models_make_tiny)
+    models = add(sub, "models", "pull, verify, export and list base models").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
+    p = add(models, "make-tiny", "write the tiny random Z-Image (tests, demo) to DIR", cmd_models_make_tiny)
+    p.add_argument("dir", help="a new or empty folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     hub = argparse.ArgumentParser(add_help=False)
     hub.add_argument("--endpoint", help="hub or mirror URL (default: $HF_ENDPOINT, else huggingface.co)")
-    hub.add_argument(
-        "--models-dir",
-        help="where pulled models live (default: $ZLORA_MODELS_DIR, else ~/.cache/zlora/models)",
-    )
+    hub.add_argument("--models-dir",
+                     help="where pulled models live (default: $ZLORA_MODELS_DIR, else ~/.cache/zlora/models)")  # fmt: skip
     hub.add_argument("--offline", action="store_true", help="never touch the network (also HF_HUB_OFFLINE=1)")
-    p = models.add_parser(
-        "pull", parents=[hub], help="download what a Z-Image pipeline needs (or one file), verified"
-    )
+    p = add(models, "pull", "download what a Z-Image pipeline needs (or one file), verified", cmd_models_pull,
+            [hub])  # fmt: skip
     p.add_argument("ref", help="org/name[@revision] or org/name/path/file.safetensors")
-    p.add_argument("--revision")
+    p.add_argument("--revision", help="branch, tag or commit (default main)")
     p.add_argument("--to", help="target folder (default: <models-dir>/<org>--<name>)")
-    p.set_defaults(func=cmd_models_pull)
-    p = models.add_parser(
-        "verify", parents=[hub], help="sha256 of every file against the manifest (or the hub)"
+    p = add(
+        models, "verify", "sha256 of every file against the manifest (or the hub)", cmd_models_verify, [hub]
     )
     p.add_argument("target", help="a model folder or org/name")
     p.add_argument("--fix", action="store_true", help="re-fetch only the bad files")
-    p.set_defaults(func=cmd_models_verify)
-    p = models.add_parser(
-        "export", help="copy a model out of the HF cache into a plain folder (hardlinks if possible)"
-    )
-    p.add_argument("ref")
-    p.add_argument("--to", required=True)
-    p.set_defaults(func=cmd_models_export)
-    p = models.add_parser("list", parents=[hub], help="models in the models folder and the HF cache")
-    p.set_defaults(func=cmd_models_list)
+    p = add(models, "export", "copy a model out of the HF cache into a plain folder (hardlinks if possible)",
+            cmd_models_export)  # fmt: skip
+    p.add_argument("ref", help="org/name[@revision] in the HF cache")
+    p.add_argument("--to", required=True, help="target folder")
+    add(models, "list", "models in the models folder and the HF cache", cmd_models_list, [hub])
 
-    lora = sub.add_parser("lora", help="inspect and convert LoRA files").add_subparsers(
-        dest="sub", required=True
+    lora = add(
+        sub, "lora", "inspect, convert, scale, merge, resize, bake and extract LoRA files"
+    ).add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = add(
+        lora,
+        "inspect",
+        "format, rank, alpha, metadata and per-block delta norms",
+        cmd_lora_inspect,
+        [foreign],
     )
-    p = lora.add_parser("inspect", help="format, rank, alpha, metadata and per-block delta norms")
-    p.add_argument("file")
-    p.set_defaults(func=cmd_lora_inspect)
-    p = lora.add_parser("convert", help="rewrite a LoRA in another key format (lossless)")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--to", required=True, choices=["zlora", "diffusers", "kohya", "comfy-fused"])
-    p.set_defaults(func=cmd_lora_convert)
-    p = lora.add_parser("scale", help="multiply the delta per component and per layer (times --ratio)")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("file", help="a LoRA .safetensors")
+    p = add(
+        lora, "convert", "rewrite a LoRA for another tool (the delta is kept)", cmd_lora_convert, [writes]
+    )
+    p.add_argument("src", help="the LoRA to convert")
+    p.add_argument("dst", nargs="?", help="output file (same as -o)")
+    p.add_argument("-o", "--output", help="output .safetensors")
+    p.add_argument("--to", required=True, choices=["zlora", "diffusers", "comfy", "comfy-fused", "kohya"],
+                   help="zlora (diffusers and ComfyUI), diffusers, comfy (ComfyUI incl. its bypass loader; "
+                   "= comfy-fused), kohya (musubi-tuner, sd-scripts, ComfyUI)")  # fmt: skip
+    p = add(lora, "scale", "multiply the delta per component and per layer (times --ratio)", cmd_lora_scale,
+            [writes, foreign])  # fmt: skip
+    p.add_argument("src", help="the LoRA to scale")
+    p.add_argument("dst", nargs="?", help="output file (same as -o)")
+    p.add_argument("-o", "--output", help="output .safetensors")
     p.add_argument("--ratio", type=float, default=1.0, help="overall multiplier")
-    for comp, text in (("adaln", "adaLN_modulation"), ("qk", "to_q and to_k"), ("v", "to_v"), ("out", "to_out"),
-                       ("ffn", "w1, w2 and w3"), ("w1", "w1"), ("w2", "w2"), ("w3", "w3")):  # fmt: skip
+    for comp, text in (("adaln", "adaLN_modulation"), ("qk", "to_q and to_k"), ("v", "to_v"),
+                       ("attn-out", "attention to_out"), ("ffn", "w1, w2 and w3"), ("w1", "w1"), ("w2", "w2"),
+                       ("w3", "w3")):  # fmt: skip
         p.add_argument(f"--{comp}", type=float, default=None, help=f"multiplier for {text}")
+    p.add_argument("--out", dest="old_out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--layers", default=None, help='per-layer multipliers, e.g. "0-9:0.5,20-29:1.2"')
-    p.set_defaults(func=cmd_lora_scale)
-    p = lora.add_parser("merge", help="merge LoRAs with weights (exact, or SVD to --rank)")
+    p = add(lora, "merge", "merge LoRAs with weights (exact, or SVD to --rank)", cmd_lora_merge,
+            [writes, foreign])  # fmt: skip
     p.add_argument(
         "inputs",
         nargs="+",
         metavar="FILE[:WEIGHT][[qk=X,...,layers=0-9:X;20-29:Y]]",
         help="each input may carry scale's options in brackets, for that input only",
     )
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.add_argument("--rank", type=int, default=None, help="reduce the merged LoRA to this rank (SVD)")
-    p.set_defaults(func=cmd_lora_merge)
-    p = lora.add_parser("resize", help="reduce a LoRA's rank (SVD), reporting the kept energy")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--rank", type=int, required=True)
-    p.set_defaults(func=cmd_lora_resize)
-    p = lora.add_parser("bake", help="write the base transformer with LoRAs merged in (streamed)")
+    p = add(lora, "resize", "reduce a LoRA's rank (SVD), reporting the kept energy", cmd_lora_resize,
+            [writes, foreign])  # fmt: skip
+    p.add_argument("src", help="the LoRA to resize")
+    p.add_argument("dst", nargs="?", help="output file (same as -o)")
+    p.add_argument("-o", "--output", help="output .safetensors")
+    p.add_argument("--rank", type=int, required=True, help="the new rank (a positive integer)")
+    p = add(
+        lora, "bake", "write the base transformer with LoRAs merged in (streamed)", cmd_lora_bake, [writes]
+    )
     p.add_argument("--base", required=True, help="model reference (hub id, diffusers folder, builtin:tiny)")
-    p.add_argument("--lora", action="append", required=True, metavar="FILE[:WEIGHT]")
-    p.add_argument("--out", required=True, help="a .safetensors file, or a folder for from_pretrained")
-    p.set_defaults(func=cmd_lora_bake)
-    p = lora.add_parser("extract", help="a LoRA from a fine-tune's difference to its base (SVD)")
+    p.add_argument("--lora", action="append", required=True, metavar="FILE[:WEIGHT]",
+                   help="a LoRA and its weight; repeat for several")  # fmt: skip
+    p.add_argument("-o", "--output", "--out", required=True,
+                   help="a .safetensors file, or a folder for from_pretrained (never inside the base model)")  # fmt: skip
+    p = add(
+        lora, "extract", "a LoRA from a fine-tune's difference to its base (SVD)", cmd_lora_extract, [writes]
+    )
     p.add_argument("--base", required=True, help="model reference or transformer .safetensors")
     p.add_argument("--tuned", required=True, help="model reference or transformer .safetensors")
-    p.add_argument("--rank", type=int, required=True)
-    p.add_argument("-o", "--output", required=True)
-    p.set_defaults(func=cmd_lora_extract)
+    p.add_argument("--rank", type=int, required=True, help="rank of the extracted LoRA")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors")
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )  # fmt: skip
-    for noisy in ("httpx", "urllib3", "filelock", "PIL", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    from diffusers.utils import logging as df_logging
-
-    df_logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+        for noisy in ("httpx", "httpcore", "urllib3", "filelock", "PIL", "matplotlib"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         return args.func(args)
     except UserError as e:
         for line in e.problems:

@@ -9,24 +9,48 @@ import torch
 from PIL import Image
 
 from zlora.errors import UserError
-from zlora.models.load import resolve_device, resolve_dtype, resolve_model
+from zlora.models.load import quiet_libraries, resolve_device, resolve_dtype, resolve_model
 from zlora.models.zimage import SIZE_MULTIPLE
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def image_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise UserError(f"-o {path}: give an image file name ending in {', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
+def check_lora_file(path: str) -> None:
+    """A LoRA that diffusers would load as nothing (another model's keys: it only warns) or that would turn the
+    image black (NaN/inf weights) is refused before the pipeline is built."""
+    from zlora.lora.format import read_lora
+    from zlora.lora.formats import detect_format
+
+    try:
+        tensors, _ = read_lora(path)
+        detect_format(list(tensors))
+    except UserError as e:
+        raise UserError(f"--lora {path}: {e}") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UserError(f"--lora {path}: {len(bad)} tensors hold NaN/inf (e.g. {bad[0]}); the image would be "
+                        "black. Use an earlier checkpoint of the run")  # fmt: skip
 
 
 def load_pipeline(model: str, loras: list[tuple[str, float]], device: torch.device, dtype: torch.dtype):
     from diffusers import ZImagePipeline
 
+    for path, _ in loras:
+        check_lora_file(path)
     ref = resolve_model(model)
+    quiet_libraries()
     pipe = ZImagePipeline.from_pretrained(ref.folder, torch_dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     names = []
     for i, (path, _) in enumerate(loras):
         p = Path(path).expanduser()
-        if p.is_dir():
-            inside = ", ".join(sorted(f.name for f in p.glob("*.safetensors"))) or "none"
-            raise UserError(f"--lora {path} is a folder; point it at one of its .safetensors files: {inside}")
-        if p.suffix.lower() != ".safetensors" or not p.is_file():
-            raise UserError(f"--lora {path}: not a .safetensors file (pickle files are never loaded)")
         names.append(f"lora{i}")
         pipe.load_lora_weights(str(p), adapter_name=names[-1])
     if names:
@@ -42,6 +66,10 @@ def generate_image(
     for name, v in (("--width", width), ("--height", height)):
         if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
             raise UserError(f"{name} {v} must be a positive multiple of {SIZE_MULTIPLE}")
+    if steps < 1:
+        raise UserError(f"--steps {steps}: must be at least 1 (Turbo: 9, De-Turbo/Base: 20-50)")
+    if guidance < 0 or guidance != guidance:
+        raise UserError(f"--guidance {guidance}: must be 0 (off) or positive, e.g. 3")
     dev = resolve_device(device)
     pipe = load_pipeline(model, loras, dev, resolve_dtype(dtype, dev))
     return pipe(

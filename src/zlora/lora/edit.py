@@ -20,7 +20,7 @@ COMPONENTS = {  # CLI option -> module suffixes inside a block
     "adaln": ("adaLN_modulation.0",),
     "qk": ("attention.to_q", "attention.to_k"),
     "v": ("attention.to_v",),
-    "out": ("attention.to_out.0",),
+    "attn_out": ("attention.to_out.0",),
     "ffn": ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3"),
     "w1": ("feed_forward.w1",),
     "w2": ("feed_forward.w2",),
@@ -38,9 +38,24 @@ def parse_layer_spec(spec: str | None) -> dict[int, float]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise UserError(f"--layers entry {part!r}: range end is below its start")
+        twice = sorted(set(range(lo, hi + 1)) & set(out))
+        if twice:
+            raise UserError(f"--layers entry {part!r} overlaps an earlier range at layer(s) "
+                            f"{_ranges(twice)}; give each layer one multiplier")  # fmt: skip
         for i in range(lo, hi + 1):
             out[i] = float(m.group(3))
     return out
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
 
 
 @dataclass
@@ -58,6 +73,20 @@ class Multipliers:
         if m and self.layers and int(m.group(1)) in self.layers:
             factor *= self.layers[int(m.group(1))]
         return factor
+
+
+def check_multipliers(modules: dict[str, LoraModule], mult: Multipliers, source: str) -> None:
+    """A component or layer that the LoRA does not have would be silently ignored: name it instead."""
+    have = sorted({int(m.group(1)) for m in map(_LAYER.match, modules) if m})
+    missing = sorted(set(mult.layers or {}) - set(have))
+    if missing:
+        raise UserError(f"{source}: --layers names layer(s) {_ranges(missing)}, which this LoRA does not have "
+                        f"(it has layers {_ranges(have) or 'none'})")  # fmt: skip
+    for comp in mult.components or {}:
+        if not any(name.endswith(COMPONENTS[comp]) for name in modules):
+            present = [c for c, suffixes in COMPONENTS.items() if any(n.endswith(suffixes) for n in modules)]
+            raise UserError(f"{source}: --{comp.replace('_', '-')} matches no module of this LoRA "
+                            f"(it has: {', '.join(present) or 'none of the named components'})")  # fmt: skip
 
 
 def scale(modules: dict[str, LoraModule], mult: Multipliers) -> dict[str, LoraModule]:
@@ -118,6 +147,7 @@ def parse_input_multipliers(text: str) -> tuple[str, Multipliers]:
     layers: dict[int, float] = {}
     for item in filter(None, (x.strip() for x in body.split(","))):
         key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
         if key == "layers" and sep:
             layers = parse_layer_spec(value.replace(";", ","))
         elif key in COMPONENTS and sep:

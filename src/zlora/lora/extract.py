@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from zlora.errors import UserError
 from zlora.lora.bake import transformer_files
 from zlora.lora.formats import LoraModule
+from zlora.utils.st import open_safetensors
 
 _TARGET = re.compile(
     r"^(layers|noise_refiner|context_refiner)\.\d+\."
@@ -24,7 +24,7 @@ _TARGET = re.compile(
 )
 
 
-def _weights(ref: str) -> list[Path]:
+def weight_files(ref: str) -> list[Path]:
     path = Path(ref).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".safetensors":
@@ -43,12 +43,12 @@ def extract(
     modules: dict[str, LoraModule] = {}
     with contextlib.ExitStack() as stack:
         base_h = {}
-        for p in _weights(base):
-            f = stack.enter_context(safe_open(str(p), framework="pt"))
+        for p in weight_files(base):
+            f = stack.enter_context(open_safetensors(p))
             base_h.update({k: f for k in f.keys()})
         tuned_h = {}
-        for p in _weights(tuned):
-            f = stack.enter_context(safe_open(str(p), framework="pt"))
+        for p in weight_files(tuned):
+            f = stack.enter_context(open_safetensors(p))
             tuned_h.update({k: f for k in f.keys()})
         keys = sorted(k for k in base_h if _TARGET.match(k))
         missing = [k for k in keys if k not in tuned_h]

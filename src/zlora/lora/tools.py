@@ -1,4 +1,8 @@
-"""``zlora lora inspect`` and ``zlora lora convert``."""
+"""The ``zlora lora`` tools: inspect, convert, scale, merge, resize, bake, extract.
+
+Every tool that writes checks its output first (``check_output``: never one of its inputs, never inside a model
+folder it reads, an existing file only with ``overwrite``), so a refused command has touched nothing. A LoRA for
+another model is refused unless ``allow_foreign``."""
 
 from __future__ import annotations
 
@@ -7,20 +11,13 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from zlora.errors import UserError
-from zlora.lora.edit import Multipliers, merge, reduce_rank, scale
+from zlora.lora.edit import Multipliers, check_multipliers, merge, reduce_rank, scale
 from zlora.lora.format import read_lora
-from zlora.lora.formats import (
-    DIFFUSERS_METADATA_KEY,
-    LoraModule,
-    detect_format,
-    diffusers_metadata,
-    read_modules,
-    write_modules,
-)
-from zlora.utils.io import atomic_write
+from zlora.lora.formats import DIFFUSERS_METADATA_KEY, LoraModule, detect_format, encode, read_modules
+from zlora.utils.io import check_output
+from zlora.utils.st import save_tensors
 
 _BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
 COMPONENT_NAMES = {
@@ -36,13 +33,14 @@ def delta_norm(m: LoraModule) -> float:
     return scale * float(torch.sum((b.T @ b) * (a @ a.T)).clamp_min(0).sqrt())
 
 
-def inspect_lora(path: str | Path) -> str:
+def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
     tensors, meta = read_lora(path)
-    fmt = detect_format(list(tensors))
+    fmt = detect_format(list(tensors), allow_foreign)
     modules = read_modules(tensors, fmt, meta)
     ranks = sorted({m.rank for m in modules.values()})
     alphas = sorted({m.alpha for m in modules.values() if m.alpha is not None})
     no_alpha = sum(m.alpha is None for m in modules.values())
+    scales = sorted({(m.alpha if m.alpha is not None else m.rank) / m.rank for m in modules.values()})
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     lines = [
         f"file:     {path}",
@@ -51,6 +49,8 @@ def inspect_lora(path: str | Path) -> str:
         f"rank:     {', '.join(map(str, ranks))}",
         "alpha:    " + (", ".join(f"{a:g}" for a in alphas) if alphas else "")
         + (f"{'; ' if alphas else ''}not stored for {no_alpha} modules: loaders use alpha = rank" if no_alpha else ""),
+        "scale:    " + ", ".join(f"{x:g}" for x in scales) + " (alpha/rank: the delta is scale x B A; a loader "
+        "that reads tensors only uses the .alpha keys, else scale 1)",
         f"dtype:    {', '.join(sorted({str(t.dtype).removeprefix('torch.') for t in tensors.values()}))}",
     ]  # fmt: skip
     if bad:
@@ -87,35 +87,43 @@ def inspect_lora(path: str | Path) -> str:
     return "\n".join(lines)
 
 
-def convert_lora(src: str | Path, dst: str | Path, fmt: str) -> str:
-    """Rewrite ``src`` in format ``fmt``; metadata is kept. Returns the source format."""
+def convert_lora(src: str | Path, dst: str | Path, fmt: str, overwrite: bool = False) -> str:
+    """Rewrite ``src`` in format ``fmt`` (or a consumer's name for it); metadata is kept. Returns the source
+    format."""
+    check_output(dst, [src], overwrite=overwrite)
     modules, source, meta = _read(src)
     write_lora(modules, dst, fmt, {**meta, "converted_from": source})
     return source
 
 
-def _read(path: str | Path) -> tuple[dict[str, LoraModule], str, dict[str, str]]:
+def _read(path: str | Path, allow_foreign: bool = False) -> tuple[dict[str, LoraModule], str, dict[str, str]]:
     tensors, meta = read_lora(path)
-    fmt = detect_format(list(tensors))
+    fmt = detect_format(list(tensors), allow_foreign)
     return read_modules(tensors, fmt, meta), fmt, meta
 
 
 def write_lora(modules: dict[str, LoraModule], dst: str | Path, fmt: str, meta: dict[str, str]) -> None:
-    """Write canonical modules in ``fmt`` (diffusers: alpha in lora_adapter_metadata), atomically."""
+    """Write canonical modules in ``fmt`` (diffusers: scale folded into B, alpha in lora_adapter_metadata)."""
     bad = [n for n, m in modules.items() if not (torch.isfinite(m.A).all() and torch.isfinite(m.B).all())]
     if bad:
         raise UserError(f"refusing to write NaN/inf weights (modules: {', '.join(bad[:3])})")
-    out = write_modules(modules, fmt)
+    out, extra = encode(modules, fmt)
     meta = {k: v for k, v in meta.items() if k != DIFFUSERS_METADATA_KEY}
     meta["format"] = fmt
-    if fmt == "diffusers":
-        meta.update(diffusers_metadata(modules))
-    atomic_write(dst, lambda p: save_file(out, str(p), metadata=meta))
+    save_tensors(dst, out, {**meta, **extra})
 
 
-def scale_lora(src: str | Path, dst: str | Path, mult: Multipliers) -> None:
-    modules, fmt, meta = _read(src)
+def scale_lora(src: str | Path, dst: str | Path, mult: Multipliers, overwrite: bool = False,
+               allow_foreign: bool = False) -> None:  # fmt: skip
+    check_output(dst, [src], overwrite=overwrite)
+    modules, fmt, meta = _read(src, allow_foreign)
+    check_multipliers(modules, mult, str(src))
     write_lora(scale(modules, mult), dst, fmt, meta)
+
+
+def _check_rank(rank: int | None) -> None:
+    if rank is not None and rank < 1:
+        raise UserError(f"--rank {rank}: the rank must be a positive integer, e.g. --rank 16")
 
 
 def merge_loras(
@@ -123,39 +131,62 @@ def merge_loras(
     dst: str | Path,
     rank: int | None = None,
     multipliers: list[Multipliers] | None = None,
+    overwrite: bool = False,
+    allow_foreign: bool = False,
 ) -> dict[str, float]:
     """Exact merge (ranks concatenated), or with ``rank`` an SVD down to it; each input first scaled by its own
     per-component / per-layer ``multipliers``. Returns kept energy per module."""
+    _check_rank(rank)
+    check_output(dst, [p for p, _ in inputs], overwrite=overwrite)
     mults = multipliers or [Multipliers() for _ in inputs]
-    loaded = [(scale(_read(path)[0], m), weight) for (path, weight), m in zip(inputs, mults, strict=True)]
-    merged = merge(loaded)
+    read = [(_read(path, allow_foreign), m, weight) for (path, weight), m in zip(inputs, mults, strict=True)]
+    kinds = {fmt == "foreign" for (_, fmt, _), _, _ in read}
+    if len(kinds) > 1:
+        raise UserError(
+            "cannot merge a Z-Image LoRA with a foreign one (--allow-foreign): their modules differ"
+        )
+    for ((modules, _, _), m, _), (path, _) in zip(read, inputs, strict=True):
+        check_multipliers(modules, m, path)
+    merged = merge([(scale(modules, m), weight) for (modules, _, _), m, weight in read])
     kept: dict[str, float] = {}
     if rank is not None:
         merged, kept = reduce_rank(merged, rank)
     meta = {"merged_from": json.dumps([[str(p), w] for p, w in inputs]), "rank": str(rank or "concatenated")}
     write_lora({n: LoraModule(m.A.contiguous(), m.B.contiguous(), m.alpha) for n, m in merged.items()}, dst,
-               "zlora", meta)  # fmt: skip
+               "foreign" if True in kinds else "zlora", meta)  # fmt: skip
     return kept
 
 
-def resize_lora(src: str | Path, dst: str | Path, rank: int) -> dict[str, float]:
-    modules, fmt, meta = _read(src)
+def resize_lora(src: str | Path, dst: str | Path, rank: int, overwrite: bool = False,
+                allow_foreign: bool = False) -> dict[str, float]:  # fmt: skip
+    _check_rank(rank)
+    check_output(dst, [src], overwrite=overwrite)
+    modules, fmt, meta = _read(src, allow_foreign)
     resized, kept = reduce_rank(modules, rank)
     write_lora(resized, dst, fmt, {**meta, "rank": str(rank)})
     return kept
 
 
-def bake_loras(base: str, inputs: list[tuple[str, float]], out: str | Path) -> list[str]:
+def bake_loras(
+    base: str, inputs: list[tuple[str, float]], out: str | Path, overwrite: bool = False
+) -> list[str]:
     from zlora.lora.bake import bake
     from zlora.models.load import resolve_model
 
     folder = resolve_model(base).folder
+    check_output(out, [p for p, _ in inputs], overwrite=overwrite, read_folders=[folder])
     return bake(folder, [(_read(path)[0], weight) for path, weight in inputs], Path(out))
 
 
-def extract_lora(base: str, tuned: str, rank: int, dst: str | Path) -> dict[str, float]:
-    from zlora.lora.extract import extract
+def extract_lora(
+    base: str, tuned: str, rank: int, dst: str | Path, overwrite: bool = False
+) -> dict[str, float]:
+    from zlora.lora.extract import extract, weight_files
 
+    _check_rank(rank)
+    files = weight_files(base) + weight_files(tuned)
+    check_output(dst, files, overwrite=overwrite, read_folders=[f.parent.parent for f in files
+                                                                if f.parent.name == "transformer"])  # fmt: skip
     modules, errors = extract(base, tuned, rank)
     write_lora(
         modules,

@@ -63,6 +63,9 @@ def resolve_model(ref: str, settings: HubSettings | None = None) -> ResolvedMode
         raise UserError(
             f"`model.name_or_path` looks like a Windows path ({ref}); use a POSIX path on this machine"
         )
+    if ref.startswith(("./", "../", "/", "~")) or ref in (".", ".."):
+        raise UserError(f"`model.name_or_path` folder not found: {path.absolute()}; check the path, or give a "
+                        "hub id such as Tongyi-MAI/Z-Image-Turbo")  # fmt: skip
     if not _HUB_ID.match(ref):
         raise UserError(f"`model.name_or_path` is neither a folder nor a hub id (org/name): {ref}")
     folder, commit = resolve_hub_model(ref, settings or hub_settings())
@@ -89,6 +92,16 @@ def resolve_file_ref(ref: str, field: str, settings: HubSettings | None = None) 
     return resolve_hub_file(ref, settings or hub_settings())
 
 
+def quiet_libraries() -> None:
+    """No per-shard / per-component progress bars from transformers and diffusers (imported only when a model
+    is loaded, which keeps `zlora` start-up short)."""
+    from diffusers.utils import logging as df_logging
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    df_logging.disable_progress_bar()
+
+
 @dataclass
 class Components:
     transformer: torch.nn.Module
@@ -102,6 +115,7 @@ def load_text_encoder(folder: Path, dtype: torch.dtype) -> tuple[object, torch.n
     """(tokenizer, frozen Qwen3 text encoder in eval mode) on the CPU."""
     from transformers import AutoTokenizer, Qwen3Model
 
+    quiet_libraries()
     text_encoder = Qwen3Model.from_pretrained(folder / "text_encoder", dtype=dtype, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     return tokenizer, text_encoder.requires_grad_(False).eval()
@@ -116,6 +130,7 @@ def load_components(
     caption is not cached yet)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
 
+    quiet_libraries()
     transformer = ZImageTransformer2DModel.from_pretrained(
         folder, subfolder="transformer", torch_dtype=dtype, use_safetensors=True
     )
