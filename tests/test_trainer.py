@@ -142,7 +142,7 @@ def test_resume_refuses_a_different_network(make_config):
     from zlora.errors import UserError
 
     run_training(make_config({"train": {"steps": 2}}))
-    with pytest.raises(UserError, match="different `network` settings"):
+    with pytest.raises(UserError, match="network.linear: 4 -> 8"):
         run_training(make_config({"train": {"steps": 4}, "network": {"linear": 8, "linear_alpha": 8}}))
 
 

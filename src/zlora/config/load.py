@@ -97,7 +97,32 @@ def _format_error(err: dict) -> str:
         return f"`{where}` is required"
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    if isinstance(value, bool) and err["type"] == "string_type":
+        shown += '; YAML reads yes/no/on/off/true/false as booleans: quote the text, e.g. name: "off"'
     return f"`{where}`: {msg}{shown}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            k = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if k in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key `{k}` appears twice (lines {seen[k]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            seen[k] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -161,7 +186,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
             f"config file not found: {path}; pass the path of a YAML file, e.g. configs/quickstart.yaml"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def scan_dataset(ds: DatasetConfig, index: int, job_trigger: str | None) -> Scan
     trigger = ds.trigger_word or job_trigger
     images = list_images(ds, index)
     scan = Scan([], len(images), [], [])
+    _report_captions(ds, index, images)
     for img in images:
         caption = apply_trigger(read_caption(img, ds.caption_ext, ds.default_caption), trigger,
                                 ds.add_trigger_word, img.with_suffix(f".{ds.caption_ext}"))  # fmt: skip
@@ -125,6 +127,25 @@ def scan_dataset(ds: DatasetConfig, index: int, job_trigger: str | None) -> Scan
             for flip in (False, True) if ds.flip_x else (False,):
                 scan.entries.append(Entry(img, bucket, flip, caption, index))
     return scan
+
+
+def _report_captions(ds: DatasetConfig, index: int, images: list[Path]) -> None:
+    """One warning when images have no caption file: a caption_ext typo would otherwise train every image on
+    default_caption without a word."""
+    missing = [img for img in images if not img.with_suffix(f".{ds.caption_ext}").is_file()]
+    if not missing:
+        return
+    default = f"default_caption {ds.default_caption!r}" if ds.default_caption else "an empty caption"
+    if len(missing) < len(images):
+        log.warning("datasets[%d]: %d of %d images have no .%s caption; they use %s (e.g. %s)", index,
+                    len(missing), len(images), ds.caption_ext, default, missing[0].name)  # fmt: skip
+        return
+    stems = {img.with_suffix("") for img in images}
+    others = Counter(p.suffix.lstrip(".") for p in images[0].parent.iterdir() if p.is_file()
+                     and p.with_suffix("") in stems and p.suffix.lower() not in IMAGE_EXTS)  # fmt: skip
+    hint = f" — did you mean caption_ext: {others.most_common(1)[0][0]}?" if others else ""
+    log.warning("datasets[%d]: 0 of %d images have a .%s caption; %s is used for all%s", index, len(images),
+                ds.caption_ext, default, hint)  # fmt: skip
 
 
 def why(e: Exception) -> str:

@@ -69,6 +69,16 @@ def save_checkpoint(
     return final
 
 
+def fast_forward(lr_scheduler, step: int) -> None:
+    """Advance a fresh LR scheduler to ``step`` (schedules are functions of the step alone)."""
+    import warnings
+
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore")
+        for _ in range(step):
+            lr_scheduler.step()
+
+
 def load_state(path: Path) -> dict:
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
 
@@ -90,11 +100,16 @@ def write_run_json(path: Path, model_ref) -> None:
     files = manifest["files"] if manifest else {
         str(p.relative_to(folder)): {"size": p.stat().st_size} for p in sorted(folder.rglob("*")) if p.is_file()
     }  # fmt: skip
+    try:  # a run's history survives its restarts
+        history = json.loads(path.read_text(encoding="utf-8")).get("forced_resumes", [])
+    except (OSError, ValueError):
+        history = []
     info = {
         "base_model": {"reference": model_ref.reference, "folder": str(folder), "revision": model_ref.revision,
                        "files": files},
         "versions": {"zlora": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__,
                      "python": platform.python_version()},
+        **({"forced_resumes": history} if history else {}),
     }  # fmt: skip
     atomic_write_text(path, json.dumps(info, indent=2) + "\n")

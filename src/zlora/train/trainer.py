@@ -28,13 +28,13 @@ from zlora.models.load import (
     resolve_file_ref,
     resolve_model,
 )
-from zlora.train import checkpoint
+from zlora.train import checkpoint, resume
 from zlora.train.metrics import MetricsLog, plot_loss
 from zlora.train.network import USER_LORA, add_user_lora, load_training_adapter, set_active
 from zlora.train.optim import make_optimizer, make_scheduler
 from zlora.train.sampling import render_previews
 from zlora.train.timesteps import guided_target, loss_weights, sample_loss, sample_sigmas
-from zlora.utils.io import atomic_write_text
+from zlora.utils.io import USER_WRITE_ERRNOS, WriteError, make_dirs, write_error
 
 log = logging.getLogger(__name__)
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,8 +49,10 @@ class TrainingInterrupted(Exception):
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, force_resume: bool = False):
         self.cfg = cfg
+        self.force_resume = force_resume
+        self.forced: dict = {}  # settings changed at a --force-resume
         self.run_dir = Path(cfg.job.output_dir).expanduser() / cfg.job.name
         self.ckpt_root = self.run_dir / "checkpoints"
         self.step = 0
@@ -68,9 +70,6 @@ class Trainer:
         self.data = TrainData(cfg, self.model_ref.folder, self.device, self.dtype)
         adapter = cfg.model.assistant_lora_path
         self.adapter_path = resolve_file_ref(adapter, "model.assistant_lora_path", hub) if adapter else None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
-        checkpoint.write_run_json(self.run_dir / "run.json", self.model_ref)
 
         log.info("loading %s from %s (%s, %s)", cfg.model.name_or_path, self.model_ref.folder, self.dtype,
                  self.device)  # fmt: skip
@@ -103,6 +102,12 @@ class Trainer:
         self.order = self.data.order()
         self.generator = torch.Generator(self.device).manual_seed(cfg.train.seed)
         self._resume()
+        # Only now does the run really start or resume: a failed start leaves the run folder as it was.
+        make_dirs(self.run_dir)
+        resume.keep_old_config(self.run_dir, dump_config(cfg), self.step)
+        checkpoint.write_run_json(self.run_dir / "run.json", self.model_ref)
+        if self.forced:
+            resume.record_forced(self.run_dir / "run.json", self.step, self.forced)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
         self.pipe = make_pipeline(self.parts)
         trigger = cfg.job.trigger_word
@@ -145,11 +150,9 @@ class Trainer:
             return
         step, path = found
         state = checkpoint.load_state(path)
-        if state["network"] != self.cfg.network.model_dump(mode="json"):
-            raise UserError(
-                f"{path} was trained with different `network` settings; "
-                "restore them or start a new run (change job.name)"
-            )
+        new = self.cfg.model_dump(mode="json")
+        old = state.get("config") or {**new, "network": state["network"]}  # older checkpoints: network only
+        self.forced = resume.check(old, new, path, self.force_resume)
         named = self._lora_params()
         missing = set(named) ^ set(state["lora"])
         if missing:
@@ -157,21 +160,45 @@ class Trainer:
         with torch.no_grad():
             for name, p in named.items():
                 p.copy_(state["lora"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.order.load_state_dict(state["order"])
+        changed = lambda *prefixes: any(k.startswith(prefixes) for k in self.forced)  # noqa: E731
+        if changed("train.optimizer"):
+            log.warning("--force-resume: new optimizer settings, so its state starts fresh")
+        else:
+            fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.forced:  # the state's moments stay; lr, weight decay, betas ... are the new ones
+                for group, settings in zip(self.optimizer.param_groups, fresh, strict=True):
+                    group.update(settings)
+        if self.forced:  # the new schedule at this step (the saved one holds the old base LR)
+            checkpoint.fast_forward(self.lr_scheduler, step)
+        else:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if changed("datasets", "train.batch_size", "train.seed", "job.trigger_word"):
+            log.warning("--force-resume: the data changed, so the sample order starts a new epoch plan")
+        else:
+            self.order.load_state_dict(state["order"])
         if self.ema is not None:
-            if "ema" not in state:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+                self.ema.to(self.device)  # load_state_dict leaves the shadow weights on the CPU
+            elif self.forced:
+                from diffusers.training_utils import EMAModel
+
+                self.ema = EMAModel(
+                    self.params, decay=self.cfg.train.ema_config.ema_decay
+                )  # from the weights now
+            else:
                 raise UserError(
                     f"{path} was trained without EMA; set train.ema_config.use_ema=false or start anew"
                 )
-            self.ema.load_state_dict(state["ema"])
-        self.generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        if not changed("train.seed"):
+            self.generator.set_state(state["rng"]["generator"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if self.device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.step = step
-        log.info("resumed from %s (step %d)", path, step)
+        log.info("resumed from %s (step %d)%s", path, step,
+                 f"; --force-resume applies {len(self.forced)} changed settings" if self.forced else "")  # fmt: skip
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
@@ -204,6 +231,11 @@ class Trainer:
                 bar.close()
                 raise self._interrupted()
         bar.close()
+        # From here Ctrl-C aborts at once (exit 130): the last checkpoint holds every step, and a stop
+        # requested now would otherwise go unnoticed while the final LoRA is written.
+        self._restore_signal_handlers()
+        if self._stop_signal is not None:
+            log.warning("stop requested at the last step: the run is complete")
 
     def step_once(self) -> float:
         """One optimizer step over ``gradient_accumulation`` batches; returns the loss."""
@@ -321,6 +353,7 @@ class Trainer:
             "order": self.order.state_dict(),
             "rng": rng,
             "network": self.cfg.network.model_dump(mode="json"),
+            "config": self.cfg.model_dump(mode="json"),
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -338,9 +371,7 @@ class Trainer:
         return out
 
     def cleanup(self) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers.clear()
+        self._restore_signal_handlers()
         if hasattr(self, "metrics"):
             self.metrics.close()
 
@@ -361,6 +392,11 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old_handlers[sig] = signal.signal(sig, request_stop)
 
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+
     def _interrupted(self) -> TrainingInterrupted:
         ckpt = self.ckpt_root / checkpoint.step_dir_name(self.step)
         return TrainingInterrupted(
@@ -370,12 +406,23 @@ class Trainer:
         )
 
 
-def run_training(cfg: Config) -> Path:
+def run_training(cfg: Config, force_resume: bool = False) -> Path:
     """setup -> train -> save -> cleanup; returns the final LoRA's path."""
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, force_resume)
     try:
         trainer.setup()
         trainer.train()
         return trainer.save()
+    except (WriteError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in USER_WRITE_ERRNOS:
+            raise
+        latest = checkpoint.latest_checkpoint(trainer.ckpt_root)
+        hint = f"checkpoint {latest[1].name} is intact" if latest else "no checkpoint was written yet"
+        if isinstance(e, OSError):
+            e = write_error(Path(e.filename or trainer.run_dir), e)
+        if e.disk_full:
+            raise UserError(f"disk full while writing {e.path}; {hint}; free space and run the same command "
+                            "again") from None  # fmt: skip
+        raise e from None
     finally:
         trainer.cleanup()

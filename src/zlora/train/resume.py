@@ -1,0 +1,97 @@
+"""What a resume may change. A checkpoint stores the resolved config it was trained with; the same command with
+other settings that alter training (LR, optimizer, data, model, ...) would otherwise train on with the old state
+while ``config.yaml`` claims the new settings, so such a change is an error that names each setting, unless
+``--force-resume`` asks for the new settings from the checkpoint on (recorded in run.json)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+
+from zlora.errors import UserError
+from zlora.utils.io import atomic_write_text
+
+# Settings that may change between a run and its resume: how long to train, what to preview and save, how
+# (not what) to cache, where to run. Everything else changes what is trained.
+FREE_TO_CHANGE = [
+    "train.steps", "train.gradient_checkpointing", "train.cache_text_embeddings", "train.unload_text_encoder",
+    "save.*", "sample.*", "hub.*", "job.device", "job.name", "job.output_dir",
+    "datasets.*.cache_latents", "datasets.*.cache_dir",
+]  # fmt: skip
+# Changes that --force-resume cannot apply: the saved LoRA weights would not fit the new network.
+NEVER = ["network.*"]
+
+
+def flatten(data: object, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": [1, {"c": 2}]}} -> {"a.b": [1, {"c": 2}]} with lists of sections flattened by index
+    ("datasets.0.folder_path"), plain lists kept whole."""
+    if isinstance(data, dict):
+        out: dict[str, object] = {}
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(data, list) and data and all(isinstance(x, dict) for x in data):
+        out = {}
+        for i, v in enumerate(data):
+            out.update(flatten(v, f"{prefix}{i}."))
+        out[f"{prefix}count"] = len(data)
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def _matches(key: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def changes(old: dict, new: dict) -> dict[str, tuple[object, object]]:
+    """Settings that alter training and differ between the checkpoint's config and this one: key -> (old, new)."""
+    a, b = flatten(old), flatten(new)
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not _matches(k, FREE_TO_CHANGE)
+    }
+
+
+def _show(v: object) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict, str)) or v is None else str(v)
+
+
+def check(old: dict, new: dict, checkpoint: Path, force: bool) -> dict[str, tuple[object, object]]:
+    """The changed settings (``force`` applies them), or a UserError naming each and the ways out."""
+    found = changes(old, new)
+    if not found:
+        return found
+    lines = [f"  {k}: {_show(o)} -> {_show(n)}" for k, (o, n) in found.items()]
+    fixed = [k for k in found if _matches(k, NEVER)]
+    if force and fixed:
+        raise UserError(problems=[
+            f"{checkpoint}: --force-resume cannot change the LoRA's shape ({', '.join(fixed)}); restore those "
+            "settings, or start a new run with another job.name", *lines])  # fmt: skip
+    if not force:
+        raise UserError(problems=[
+            f"{checkpoint} was trained with other settings ({len(found)} changed):", *lines,
+            "restore them; or start a new run (another job.name); or pass --force-resume to apply the new "
+            "settings from this checkpoint on"])  # fmt: skip
+    return found
+
+
+def keep_old_config(run_dir: Path, new_text: str, step: int) -> None:
+    """``config.yaml`` describes the current run; the one it replaces (if different) stays as ``config.<step>.yaml``
+    (the step at which it stopped applying)."""
+    current = run_dir / "config.yaml"
+    if current.is_file():
+        old = current.read_text(encoding="utf-8")
+        if old != new_text:
+            atomic_write_text(run_dir / f"config.{step:06d}.yaml", old)
+    atomic_write_text(current, new_text)
+
+
+def record_forced(run_json: Path, step: int, found: dict[str, tuple[object, object]]) -> None:
+    """Append a forced resume to run.json's ``forced_resumes`` (kept across starts)."""
+    info = json.loads(run_json.read_text(encoding="utf-8"))
+    info.setdefault("forced_resumes", []).append(
+        {"step": step, "changes": {k: {"old": o, "new": n} for k, (o, n) in found.items()}}
+    )
+    atomic_write_text(run_json, json.dumps(info, indent=2) + "\n")
