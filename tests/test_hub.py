@@ -140,6 +140,28 @@ def test_a_complete_copy_starts_with_zero_requests_and_offline_names_the_command
     assert resolve_hub_model(REPO, settings)[0] == folder and not missing(folder)
 
 
+def test_a_copy_edited_after_verification_is_hashed_again_before_use(hub, tmp_path, caplog):
+    server, url = hub
+    settings = _settings(tmp_path, url)
+    folder = pull(REPO, settings)
+    path = folder / WEIGHTS
+    data = bytearray(path.read_bytes())
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # touched, same bytes
+    assert resolve_hub_model(REPO, settings)[0] == folder  # hashed once, still good: mtime recorded
+    assert read_manifest(folder)["files"][WEIGHTS]["mtime_ns"] == path.stat().st_mtime_ns
+    data[-1] ^= 0xFF  # same size, other bytes: the size check alone would pass it
+    path.write_bytes(bytes(data))
+    offline = _settings(tmp_path, url, offline=True)
+    with pytest.raises(UserError, match="zlora models pull"):
+        resolve_hub_model(REPO, offline)
+    assert "changed on disk since it was verified" in caplog.text
+    before = len(server.requests)
+    assert resolve_hub_model(REPO, settings)[0] == folder  # online: only that file is fetched again
+    assert sha256_file(path) == read_manifest(folder)["files"][WEIGHTS]["sha256"]
+    fetched = [p for m, p, _ in server.requests[before:] if m == "GET" and "/resolve/" in p]
+    assert len(fetched) == 1 and fetched[0].endswith(WEIGHTS)
+
+
 def test_not_enough_disk_space_is_reported_before_downloading(hub, tmp_path, monkeypatch):
     server, url = hub
     usage = namedtuple("usage", "total used free")

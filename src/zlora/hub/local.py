@@ -15,13 +15,14 @@ from zlora.errors import UserError
 from zlora.hub.manifest import (
     HubSettings,
     check_files,
+    entry,
     git_blob_sha1,
     human,
     local_files,
-    missing_or_wrong_size,
     model_folder,
     read_manifest,
     sha256_file,
+    stale_files,
     write_manifest,
 )
 from zlora.hub.pull import pull, remote_files, split_ref
@@ -61,9 +62,12 @@ def check_folder(folder: Path) -> None:
 
 def _complete(folder: Path, file: str | None = None) -> bool:
     manifest = read_manifest(folder)
-    if manifest is None or missing_or_wrong_size(folder, manifest):
+    if manifest is None:
         return False
-    return file is None or file in manifest["files"]
+    problems = stale_files(folder, manifest)
+    for p in problems:
+        log.warning("%s: %s", folder, p)
+    return not problems and (file is None or file in manifest["files"])
 
 
 def _hf_snapshot(repo_id: str, revision: str | None) -> Path | None:
@@ -162,6 +166,8 @@ def export(ref: str, to: Path) -> Path:
             f"{ref}: not in the HF cache ({hf_cache_dir()}); set HF_HUB_CACHE / HF_HOME, or pull it"
         )
     to = Path(to).expanduser()
+    if to.exists() and not to.is_dir():
+        raise UserError(f"--to {to} is a file; give a folder")
     files: dict[str, dict] = {}
     rels = [str(p.relative_to(snap)) for p in sorted(snap.rglob("*")) if p.is_file()]
     for rel in tqdm(rels, desc="export", unit="file"):
@@ -177,7 +183,7 @@ def export(ref: str, to: Path) -> Path:
         if not expected_ok:
             raise UserError(f"{snap / rel}: the cached file does not match its blob hash; the HF cache is damaged: "
                             f"delete {src} and download it again")  # fmt: skip
-        files[rel] = {"size": dest.stat().st_size, "sha256": digest}
+        files[rel] = entry(dest, digest)
     write_manifest(to, {"repo": repo_id, "revision": revision or "main", "commit": snap.name, "endpoint": None,
                         "files": files})  # fmt: skip
     return to
@@ -194,7 +200,7 @@ def list_models(settings: HubSettings) -> list[dict]:
             size = sum((folder / f).stat().st_size for f in local_files(folder))
             rows.append({"name": manifest["repo"] if manifest else folder.name,
                          "revision": (manifest or {}).get("commit", "?")[:12], "size": human(size),
-                         "complete": "yes" if manifest and not missing_or_wrong_size(folder, manifest) else
+                         "complete": "yes" if manifest and not stale_files(folder, manifest) else
                                      ("no manifest" if manifest is None else "no"),
                          "location": str(folder)})  # fmt: skip
     cache = hf_cache_dir()

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from zlora.errors import UserError
 from zlora.utils.io import atomic_write_text, cache_dir
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "zlora-manifest.json"
 CHUNK = 8 << 20  # hashing buffer: large reads keep sha256 at disk/CPU speed
@@ -91,6 +95,42 @@ def missing_or_wrong_size(folder: Path, manifest: dict) -> list[str]:
     return bad
 
 
+def entry(path: Path, digest: str) -> dict:
+    """A manifest entry for a file just hashed: size, sha256 and the mtime it had then (a later start re-hashes
+    the file when its mtime differs, so a copy edited after it was verified is never used unchecked)."""
+    st = path.stat()
+    return {"size": st.st_size, "sha256": digest, "mtime_ns": st.st_mtime_ns}
+
+
+def _hash_ok(path: Path, e: dict) -> bool:
+    return sha256_file(path) == e["sha256"] if "sha256" in e else git_blob_sha1(path) == e["git_sha1"]
+
+
+def stale_files(folder: Path, manifest: dict) -> list[str]:
+    """What a start must not use, without hashing unchanged files: missing files, wrong sizes, and files whose
+    mtime differs from the manifest's that no longer hash to it (those that still do get their new mtime
+    recorded, so they are hashed once)."""
+    problems = missing_or_wrong_size(folder, manifest)
+    named = {p.split(":")[0] for p in problems}
+    touched = False
+    for rel, e in manifest["files"].items():
+        path = folder / rel
+        if rel in named or e.get("mtime_ns") == path.stat().st_mtime_ns:
+            continue
+        log.info("%s changed on disk since it was verified: hashing it again", path)
+        if _hash_ok(path, e):
+            e["mtime_ns"] = path.stat().st_mtime_ns
+            touched = True
+        else:
+            problems.append(f"{rel}: changed on disk since it was verified (sha256 differs)")
+    if touched:
+        try:
+            write_manifest(folder, manifest)
+        except UserError:  # a read-only copy: it is re-hashed at the next start again
+            pass
+    return problems
+
+
 def check_files(
     folder: Path, manifest: dict, progress=None, source: str = "sha256 differs from the manifest"
 ):
@@ -104,7 +144,7 @@ def check_files(
         if "sha256" in entry:
             ok = sha256_file(folder / rel, progress) == entry["sha256"]
         else:
-            ok = git_blob_sha1(folder / rel) == entry["git_sha1"]
+            ok = _hash_ok(folder / rel, entry)
         if not ok:
             problems.append(f"{rel}: wrong hash ({source})")
     return problems

@@ -15,13 +15,16 @@ from tqdm.auto import tqdm
 from zlora.errors import UserError
 from zlora.hub.manifest import (
     HubSettings,
+    entry,
     git_blob_sha1,
     human,
     model_folder,
     read_manifest,
     sha256_file,
+    stale_files,
     write_manifest,
 )
+from zlora.utils.io import make_dirs
 
 log = logging.getLogger(__name__)
 PIPELINE_PATTERNS = [
@@ -47,12 +50,40 @@ def split_ref(ref: str, revision: str | None = None) -> tuple[str, str | None, s
 def _api(settings: HubSettings):
     from huggingface_hub import HfApi
 
+    check_endpoint(settings.endpoint)
     return HfApi(endpoint=settings.endpoint)
+
+
+def check_endpoint(endpoint: str | None) -> None:
+    from urllib.parse import urlsplit
+
+    if endpoint is None:
+        return
+    url = urlsplit(endpoint)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise UserError(f"endpoint {endpoint!r} (--endpoint / hub.endpoint / HF_ENDPOINT) is not a URL; "
+                        "use e.g. https://hf-mirror.com")  # fmt: skip
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub's client raises when the hub cannot be reached or answers badly: its own HTTP error,
+    OSError, and the HTTP library's (httpx, or httpx2 in huggingface_hub 2) transport errors."""
+    import importlib
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    found: list[type[BaseException]] = [HfHubHTTPError, OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).HTTPError)
+        except ImportError:
+            pass
+    return tuple(found)
 
 
 def remote_files(settings: HubSettings, repo_id: str, revision: str | None, file: str | None):
     """(commit, {path: (size, sha256 or None, git sha1)}) of the files to fetch, from the hub's tree listing."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.hf_api import RepoFile
 
     api = _api(settings)
@@ -68,7 +99,7 @@ def remote_files(settings: HubSettings, repo_id: str, revision: str | None, file
         ) from None
     except RevisionNotFoundError:
         raise UserError(f"{repo_id}: no revision {revision!r} on {where}") from None
-    except (HfHubHTTPError, OSError) as e:
+    except network_errors() as e:
         raise UserError(f"{repo_id}: cannot reach {where} ({type(e).__name__}: {e}); "
                         "set --endpoint / HF_ENDPOINT for a mirror, or work offline with a local copy") from None  # fmt: skip
     if file:
@@ -93,27 +124,29 @@ def pull(ref: str, settings: HubSettings, revision: str | None = None, to: Path 
     """Download what is missing or bad into ``to`` (default: the models folder) and return the folder.
     ``refetch``: files to download again whatever the local copy says (``verify --fix``)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError
 
+    repo_id, revision, file = split_ref(ref, revision)
+    folder = Path(to).expanduser() if to else model_folder(settings, repo_id, revision)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--to {folder} is a file; give a folder (new or one pulled before)")
     if settings.offline:
         raise UserError(f"{ref}: offline (--offline / HF_HUB_OFFLINE) and not complete locally; "
                         f"run `zlora models pull {ref}` where the hub or a mirror is reachable")  # fmt: skip
-    repo_id, revision, file = split_ref(ref, revision)
     commit, files = remote_files(settings, repo_id, revision, file)
-    folder = Path(to).expanduser() if to else model_folder(settings, repo_id, revision)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     old = read_manifest(folder) or {}
     manifest = {"repo": repo_id, "revision": revision or "main", "commit": commit, "endpoint": settings.endpoint,
                 "files": {k: v for k, v in old.get("files", {}).items() if old.get("commit") == commit}}  # fmt: skip
+    changed = {p.split(":")[0] for p in stale_files(folder, manifest)}  # edited since verified: check again
     todo = []
     for rel, (size, sha256, sha1) in files.items():
-        entry, path = manifest["files"].get(rel), folder / rel
+        known, path = manifest["files"].get(rel), folder / rel
         if rel in (refetch or set()) or not path.is_file() or path.stat().st_size != size:
             todo.append(rel)
-        elif entry is None or entry["size"] != size:  # present from an earlier, interrupted pull: check it
+        elif known is None or known["size"] != size or rel in changed:  # from an interrupted pull, or edited
             ok, digest = _matches(path, size, sha256, sha1)
             if ok:
-                manifest["files"][rel] = {"size": size, "sha256": digest}
+                manifest["files"][rel] = entry(path, digest)
             else:
                 todo.append(rel)
     need = sum(files[r][0] for r in todo)
@@ -128,7 +161,7 @@ def pull(ref: str, settings: HubSettings, revision: str | None = None, to: Path 
             # A present file is bad (wrong size or hash): without force the client trusts its own metadata.
             hf_hub_download(repo_id, rel, revision=commit, local_dir=folder, endpoint=settings.endpoint,
                             force_download=(folder / rel).is_file())  # fmt: skip
-        except (HfHubHTTPError, OSError) as e:
+        except network_errors() as e:
             write_manifest(folder, manifest)  # keep what is verified so far
             raise UserError(f"{ref}: download of {rel} failed ({type(e).__name__}: {e}); "
                             "run the same command again to resume") from None  # fmt: skip
@@ -138,7 +171,7 @@ def pull(ref: str, settings: HubSettings, revision: str | None = None, to: Path 
             write_manifest(folder, manifest)
             raise UserError(f"{ref}: {rel} arrived with the wrong hash (a corrupting proxy or mirror?); "
                             "run the same command again, or try another --endpoint")  # fmt: skip
-        manifest["files"][rel] = {"size": size, "sha256": digest}
+        manifest["files"][rel] = entry(folder / rel, digest)
         write_manifest(folder, manifest)  # after every file: a killed pull keeps what it verified
     write_manifest(folder, manifest)
     return folder
