@@ -161,3 +161,18 @@ def test_ctrl_c_during_start_up_aborts_without_a_traceback(make_config, delay):
     assert "Traceback" not in err, err[-3000:]
     assert proc.returncode == 130, err[-2000:]
     assert "aborted" in err or "Run the same command again to resume" in err
+
+
+def test_the_same_run_twice_gives_the_same_lora_bytes_readable_by_others(make_config, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        loras = [run_training(make_config({"job": {"output_dir": str(tmp_path / d)}})) for d in ("one", "two")]
+    finally:
+        os.umask(old)
+    first, second = (hashlib.sha256(p.read_bytes()).hexdigest() for p in loras)
+    assert first == second
+    run_dir = loras[0].parent
+    for path in [loras[0], run_dir / "config.yaml", *run_dir.glob("checkpoints/*"), *run_dir.glob("checkpoints/*/*")]:
+        assert path.stat().st_mode & 0o044 == 0o044, f"{path} is not readable by others"

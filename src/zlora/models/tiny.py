@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from zlora.utils.io import cache_dir
+from zlora.utils.io import cache_dir, public_mode
 
 TINY_VERSION = 1  # bump when the recipe below changes, so cached copies are rebuilt
 
@@ -112,6 +112,7 @@ def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    public_mode(tmp, directory=True)  # mkdtemp makes 0700 folders
     try:
         build_pipeline(seed).save_pretrained(tmp)
         if out_dir.exists() and not any(out_dir.iterdir()):

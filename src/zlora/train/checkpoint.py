@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from zlora.utils.io import atomic_write_text
+from zlora.utils.io import atomic_write_text, public_mode
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,11 @@ def save_checkpoint(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=ckpt_root))
+    public_mode(tmp, directory=True)  # mkdtemp makes 0700 folders
     try:
         write_lora(tmp / "lora.safetensors")
         torch.save(state, tmp / STATE_FILE)
+        public_mode(tmp / STATE_FILE)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

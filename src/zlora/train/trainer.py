@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -33,19 +32,12 @@ from zlora.train.metrics import MetricsLog, plot_loss
 from zlora.train.network import USER_LORA, add_user_lora, load_training_adapter, set_active
 from zlora.train.optim import make_optimizer, make_scheduler
 from zlora.train.sampling import render_previews
+from zlora.train.stop import GracefulStop, TrainingInterrupted  # noqa: F401 - TrainingInterrupted: public here
 from zlora.train.timesteps import guided_target, loss_weights, sample_loss, sample_sigmas
 from zlora.utils.io import USER_WRITE_ERRNOS, WriteError, make_dirs, write_error
 
 log = logging.getLogger(__name__)
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainingInterrupted(Exception):
-    """Raised after the emergency checkpoint of a SIGINT/SIGTERM has been written."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class Trainer:
@@ -56,8 +48,7 @@ class Trainer:
         self.run_dir = Path(cfg.job.output_dir).expanduser() / cfg.job.name
         self.ckpt_root = self.run_dir / "checkpoints"
         self.step = 0
-        self._stop_signal: int | None = None
-        self._old_handlers: dict[int, object] = {}
+        self.stop = GracefulStop()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -207,7 +198,7 @@ class Trainer:
             log.info("already trained to step %d (train.steps=%d); raise train.steps to continue", self.step,
                      cfg.train.steps)  # fmt: skip
             return
-        self._install_signal_handlers()
+        self.stop.install()
         if self.step == 0 and cfg.sample.prompts and not cfg.sample.skip_first_sample:
             self.sample()
         self.transformer.train()
@@ -223,18 +214,18 @@ class Trainer:
             bar.update()
 
             done = self.step == cfg.train.steps
-            if self.step % cfg.save.save_every == 0 or done or self._stop_signal is not None:
+            if self.step % cfg.save.save_every == 0 or done or self.stop.signal is not None:
                 self.save_checkpoint()
             if cfg.sample.prompts and (self.step % cfg.sample.sample_every == 0 or done):
                 self.sample()
-            if self._stop_signal is not None and not done:
+            if self.stop.signal is not None and not done:
                 bar.close()
-                raise self._interrupted()
+                raise self.stop.interrupted(self.step, self.ckpt_root / checkpoint.step_dir_name(self.step))
         bar.close()
         # From here Ctrl-C aborts at once (exit 130): the last checkpoint holds every step, and a stop
         # requested now would otherwise go unnoticed while the final LoRA is written.
-        self._restore_signal_handlers()
-        if self._stop_signal is not None:
+        self.stop.restore()
+        if self.stop.signal is not None:
             log.warning("stop requested at the last step: the run is complete")
 
     def step_once(self) -> float:
@@ -371,39 +362,9 @@ class Trainer:
         return out
 
     def cleanup(self) -> None:
-        self._restore_signal_handlers()
+        self.stop.restore()
         if hasattr(self, "metrics"):
             self.metrics.close()
-
-    # ------------------------------------------------------------------ signals
-    def _install_signal_handlers(self) -> None:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return  # signals can only be handled on the main thread (e.g. a UI worker thread)
-
-        def request_stop(signum, frame):
-            if self._stop_signal is not None:  # second Ctrl-C: stop now, without a checkpoint
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-            log.warning("%s received: finishing this step and writing a checkpoint (again to abort now)",
-                        signal.Signals(signum).name)  # fmt: skip
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[sig] = signal.signal(sig, request_stop)
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers.clear()
-
-    def _interrupted(self) -> TrainingInterrupted:
-        ckpt = self.ckpt_root / checkpoint.step_dir_name(self.step)
-        return TrainingInterrupted(
-            f"stopped at step {self.step}; checkpoint written to {ckpt}. "
-            "Run the same command again to resume from it.",
-            exit_code=128 + int(self._stop_signal or signal.SIGINT),
-        )
 
 
 def run_training(cfg: Config, force_resume: bool = False) -> Path:
