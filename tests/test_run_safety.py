@@ -168,11 +168,18 @@ def test_the_same_run_twice_gives_the_same_lora_bytes_readable_by_others(make_co
 
     old = os.umask(0o022)
     try:
-        loras = [run_training(make_config({"job": {"output_dir": str(tmp_path / d)}})) for d in ("one", "two")]
+        loras = [
+            run_training(make_config({"job": {"output_dir": str(tmp_path / d)}})) for d in ("one", "two")
+        ]
     finally:
         os.umask(old)
     first, second = (hashlib.sha256(p.read_bytes()).hexdigest() for p in loras)
     assert first == second
     run_dir = loras[0].parent
-    for path in [loras[0], run_dir / "config.yaml", *run_dir.glob("checkpoints/*"), *run_dir.glob("checkpoints/*/*")]:
+    for path in [
+        loras[0],
+        run_dir / "config.yaml",
+        *run_dir.glob("checkpoints/*"),
+        *run_dir.glob("checkpoints/*/*"),
+    ]:
         assert path.stat().st_mode & 0o044 == 0o044, f"{path} is not readable by others"

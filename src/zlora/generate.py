@@ -46,7 +46,7 @@ def load_pipeline(model: str, loras: list[tuple[str, float]], device: torch.devi
         check_lora_file(path)
     ref = resolve_model(model)
     quiet_libraries()
-    pipe = ZImagePipeline.from_pretrained(ref.folder, torch_dtype=dtype, use_safetensors=True)
+    pipe = ZImagePipeline.from_pretrained(ref.folder, dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     names = []
     for i, (path, _) in enumerate(loras):

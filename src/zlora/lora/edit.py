@@ -84,7 +84,9 @@ def check_multipliers(modules: dict[str, LoraModule], mult: Multipliers, source:
                         f"(it has layers {_ranges(have) or 'none'})")  # fmt: skip
     for comp in mult.components or {}:
         if not any(name.endswith(COMPONENTS[comp]) for name in modules):
-            present = [c for c, suffixes in COMPONENTS.items() if any(n.endswith(suffixes) for n in modules)]
+            present = [
+                c.replace("_", "-") for c, suf in COMPONENTS.items() if any(n.endswith(suf) for n in modules)
+            ]
             raise UserError(f"{source}: --{comp.replace('_', '-')} matches no module of this LoRA "
                             f"(it has: {', '.join(present) or 'none of the named components'})")  # fmt: skip
 

@@ -132,13 +132,11 @@ def load_components(
 
     quiet_libraries()
     transformer = ZImageTransformer2DModel.from_pretrained(
-        folder, subfolder="transformer", torch_dtype=dtype, use_safetensors=True
+        folder, subfolder="transformer", dtype=dtype, use_safetensors=True
     )
     tokenizer, text_encoder = load_text_encoder(folder, dtype) if text_encoder else (None, None)
     # The VAE stays in fp32: it is small (84 M) and encoding latents in low precision costs accuracy.
-    vae = AutoencoderKL.from_pretrained(
-        folder, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True
-    )
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=torch.float32, use_safetensors=True)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
     for m in (transformer, text_encoder, vae):
         if m is not None:
