@@ -241,6 +241,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from zlora.ui.server import serve
+
+    serve(args.host, args.port, Path(args.data_dir) if args.data_dir else None, args.token)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     # -v works before or after the subcommand: every parser has it; SUPPRESS keeps a later parser from
@@ -289,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
     p.add_argument("-o", "--output", "--out", default="out.png", help="image file (.png, .jpg, .webp)")
+
+    p = add(sub, "ui", "serve the web UI (New Training Job form, job queue, live progress)", cmd_ui)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (other than loopback: needs --token)"
+    )
+    p.add_argument("--port", type=int, default=8675, help="port to listen on")
+    p.add_argument("--data-dir", help="job store and default output folder (default: $ZLORA_UI_DIR, else "
+                   "~/.cache/zlora/ui)")  # fmt: skip
+    p.add_argument("--token", help="require this token for every page and API call (also ZLORA_UI_TOKEN)")
 
     cfg = add(sub, "config", "check or print a config").add_subparsers(
         dest="sub", required=True, metavar="SUB"

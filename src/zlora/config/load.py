@@ -151,18 +151,27 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def parse_config(data: Any, source: str = "config") -> Config:
-    """Validate a plain dict into a Config, reporting every problem at once as a UserError."""
+def validate(data: Any) -> tuple[Config | None, list[tuple[str, str]]]:
+    """(config, []) or (None, [(field path, message), ...]): every problem at once, each with the field it
+    belongs to ("" for the whole config), in the words `zlora config validate` prints."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(
-            f"{source}: expected a mapping of sections (job, model, train, ...), got {type(data).__name__}"
-        )
+        return None, [
+            ("", f"expected a mapping of sections (job, model, train, ...), got {type(data).__name__}")
+        ]
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data), []
     except ValidationError as e:
-        raise UserError(problems=[f"{source}: {_format_error(err)}" for err in e.errors()]) from None
+        return None, [(_loc_str(tuple(err["loc"])), _format_error(err)) for err in e.errors()]
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    """Validate a plain dict into a Config, reporting every problem at once as a UserError."""
+    cfg, problems = validate(data)
+    if problems:
+        raise UserError(problems=[f"{source}: {msg}" for _, msg in problems])
+    return cfg
 
 
 def check_paths(cfg: Config, source: str = "config") -> None:

@@ -1,0 +1,1 @@
+"""The web UI: `zlora ui` serves the New Training Job form, the job queue and each job's live progress."""
