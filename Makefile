@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # CPU-only machines get the CPU build of PyTorch first; an unpinned `torch` would pull a multi-GB CUDA build.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install install-dev demo test lint clean
+.PHONY: install install-dev browser demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,23 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	@$(MAKE) --no-print-directory browser
 	touch $@
+
+# The web UI's browser tests drive Debian's Chromium through chromedriver (no browser download). Installing them
+# needs root; without it, the README says which packages to install.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium and chromedriver found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (browser tests)"; \
+		(apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null)) || \
+		echo "WARNING: could not install chromium; the browser tests will be skipped"; \
+	else \
+		echo "WARNING: no chromium/chromedriver and not root: run 'sudo apt-get install chromium chromium-driver'"; \
+		echo "         (the browser tests are skipped without them)"; \
+	fi
 
 install: $(VENV)/.installed
 

@@ -11,11 +11,19 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as FastPath
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -56,6 +64,9 @@ PANELS = [
     {"id": "advanced", "title": "Advanced", "fields": ["train.do_differential_guidance",
                                                        "train.differential_guidance_scale"]},
 ]  # fmt: skip
+
+
+JobId = Annotated[int, FastPath(ge=1, le=2**62, description="job id")]
 
 
 class ConfigBody(BaseModel):
@@ -115,6 +126,10 @@ def create_app(data_dir: Path, token: str | None = None, start_runner: bool = Tr
     def index() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_page() -> HTMLResponse:
         return HTMLResponse((STATIC / "login.html").read_text(encoding="utf-8"))
@@ -164,7 +179,7 @@ def create_app(data_dir: Path, token: str | None = None, start_runner: bool = Tr
         return {"config": _yaml_dict(body.yaml)}
 
     # ------------------------------------------------------------------ jobs
-    def _job(job_id: int) -> Job:
+    def _job(job_id: JobId) -> Job:
         job = store.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
@@ -204,12 +219,12 @@ def create_app(data_dir: Path, token: str | None = None, start_runner: bool = Tr
         return [_summary(j) for j in store.all()]
 
     @app.get("/api/jobs/{job_id}")
-    def get_job(job_id: int) -> dict:
+    def get_job(job_id: JobId) -> dict:
         job = _job(job_id)
         return {**_summary(job), "config_yaml": job.config_yaml}
 
     @app.post("/api/jobs/{job_id}/stop")
-    def stop_job(job_id: int) -> dict:
+    def stop_job(job_id: JobId) -> dict:
         job = _job(job_id)
         if job.status == "queued":
             store.update(job_id, status="stopped")
@@ -220,7 +235,7 @@ def create_app(data_dir: Path, token: str | None = None, start_runner: bool = Tr
         return _summary(_job(job_id))
 
     @app.post("/api/jobs/{job_id}/resume")
-    def resume_job(job_id: int) -> dict:
+    def resume_job(job_id: JobId) -> dict:
         job = _job(job_id)
         if job.status in (*ACTIVE, "queued"):
             raise HTTPException(409, f"job {job_id} is already {job.status}")
@@ -232,7 +247,7 @@ def create_app(data_dir: Path, token: str | None = None, start_runner: bool = Tr
         return _summary(_job(job_id))
 
     @app.post("/api/jobs/{job_id}/duplicate")
-    def duplicate_job(job_id: int) -> dict:
+    def duplicate_job(job_id: JobId) -> dict:
         job = _job(job_id)
         data = yaml.safe_load(job.config_yaml)
         names = {j.name for j in store.all()}
@@ -243,7 +258,7 @@ def create_app(data_dir: Path, token: str | None = None, start_runner: bool = Tr
         return {"config_yaml": yaml.safe_dump(data, sort_keys=False, allow_unicode=True)}
 
     @app.delete("/api/jobs/{job_id}")
-    def delete_job(job_id: int, keep_files: bool = False) -> dict:
+    def delete_job(job_id: JobId, keep_files: bool = False) -> dict:
         """The job, its log and (unless keep_files) its run folder; never a dataset."""
         job = _job(job_id)
         if job.status in ACTIVE:
@@ -262,30 +277,30 @@ def create_app(data_dir: Path, token: str | None = None, start_runner: bool = Tr
         return {"deleted": job_id}
 
     @app.get("/api/jobs/{job_id}/metrics")
-    def job_metrics(job_id: int) -> list[dict]:
+    def job_metrics(job_id: JobId) -> list[dict]:
         return progress.metrics_rows(Path(_job(job_id).run_dir))
 
     @app.get("/api/jobs/{job_id}/samples")
-    def job_samples(job_id: int) -> list[dict]:
+    def job_samples(job_id: JobId) -> list[dict]:
         return [{**s, "url": f"/api/jobs/{job_id}/file/{s['path']}"}
                 for s in progress.samples(Path(_job(job_id).run_dir))]  # fmt: skip
 
     @app.get("/api/jobs/{job_id}/files")
-    def job_files(job_id: int) -> list[dict]:
+    def job_files(job_id: JobId) -> list[dict]:
         job = _job(job_id)
         return [{**f, "url": f"/api/jobs/{job_id}/file/{f['path']}"}
                 for f in progress.lora_files(Path(job.run_dir), job.name)]  # fmt: skip
 
     @app.get("/api/jobs/{job_id}/log")
-    def job_log(job_id: int, tail: int = 200) -> dict:
+    def job_log(job_id: JobId, tail: Annotated[int, Query(ge=1, le=5000)] = 200) -> dict:
         _job(job_id)
         path = runner.log_path(job_id)
         text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
         lines = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]  # progress bars: the last redraw
-        return {"text": "\n".join(lines[-max(1, min(tail, 5000)) :])}
+        return {"text": "\n".join(lines[-tail:])}
 
     @app.get("/api/jobs/{job_id}/file/{path:path}")
-    def job_file(job_id: int, path: str) -> FileResponse:
+    def job_file(job_id: JobId, path: str) -> FileResponse:
         job = _job(job_id)
         root = Path(job.run_dir).resolve()
         target = (root / path).resolve()
@@ -301,7 +316,7 @@ def create_app(data_dir: Path, token: str | None = None, start_runner: bool = Tr
         return FileResponse(target, filename=name if target.suffix == ".safetensors" else None)
 
     @app.get("/api/jobs/{job_id}/events")
-    async def job_events(job_id: int, request: Request) -> StreamingResponse:
+    async def job_events(job_id: JobId, request: Request) -> StreamingResponse:
         """Server-sent events: the job's summary each time it changes (checked every 0.25 s)."""
         _job(job_id)
 

@@ -50,7 +50,10 @@ async function schema() { return SCHEMA || (SCHEMA = await api("GET", "/api/sche
 
 function deref(s, node) { while (node && node.$ref) node = s.$defs[node.$ref.split("/").pop()]; return node; }
 function nonNull(node) {
-  if (node && node.anyOf) { const rest = node.anyOf.filter((x) => x.type !== "null"); return {...node, ...(rest.length === 1 ? rest[0] : {anyOf: rest}), nullable: true}; }
+  if (node && node.anyOf) {
+    const rest = node.anyOf.filter((x) => x.type !== "null"), {anyOf, ...plain} = node;
+    return {...plain, ...(rest.length === 1 ? rest[0] : {anyOf: rest}), nullable: rest.length < anyOf.length};
+  }
   return node;
 }
 function fieldSchema(s, path) {          // "train.ema_config.use_ema" -> property schema (refs resolved)
@@ -246,7 +249,7 @@ async function jobAction(id, action) {
 function actions(job) {
   const b = (a, label, cls = "secondary") => el("button", {class: cls, "data-action": a, onclick: () => jobAction(job.id, a)}, label);
   return [job.status === "running" || job.status === "queued" ? b("stop", "Stop") : null,
-          ["stopped", "interrupted", "failed", "done"].includes(job.status) ? b("resume", "Resume") : null,
+          ["stopped", "interrupted", "failed"].includes(job.status) ? b("resume", "Resume") : null,
           b("duplicate", "Duplicate"),
           ["running", "stopping"].includes(job.status) ? null : b("delete", "Delete", "danger")];
 }
@@ -276,8 +279,8 @@ function drawLoss(canvas, rows) {
   ctx.fillStyle = "#8b95a3"; ctx.font = "12px sans-serif";
   if (!rows.length) { ctx.fillText("no steps yet", pad, H / 2); return; }
   const xs = rows.map((r) => r.step), ys = rows.map((r) => r.loss);
-  const smooth = []; let ema = ys[0];
-  for (const y of ys) { ema = 0.9 * ema + 0.1 * y; smooth.push(ema); }
+  const smooth = []; let ema = 0;   // bias-corrected EMA (as TensorBoard smooths)
+  ys.forEach((y, i) => { ema = 0.9 * ema + 0.1 * y; smooth.push(ema / (1 - 0.9 ** (i + 1))); });
   const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1), y0 = Math.min(...ys), y1 = Math.max(...ys, y0 + 1e-6);
   const X = (x) => pad + (x - x0) / (x1 - x0) * (W - 2 * pad), Y = (y) => H - pad + (y0 - y) / (y1 - y0) * (H - 2 * pad);
   ctx.strokeStyle = "#2c333d"; ctx.beginPath(); ctx.moveTo(pad, pad / 2); ctx.lineTo(pad, H - pad); ctx.lineTo(W - pad / 2, H - pad); ctx.stroke();
@@ -312,7 +315,7 @@ async function jobPage(id) {
   function showJob(j) {
     job = j;
     head.replaceChildren(el("h1", {}, `${j.name} `, el("span", {class: `status ${j.status}`, id: "job-status"}, j.status)),
-      j.error ? el("div", {class: "err", id: "job-error"}, j.error) : null,
+      el("div", {class: "err", id: "job-error"}, j.error || ""),
       el("div", {class: "toolbar"}, actions(j)), el("div", {class: "muted"}, `run folder: ${j.run_dir}`));
     stats.replaceChildren(...[["step", `${j.step} / ${j.steps}`, "stat-step"], ["loss", fmt.num(j.loss), "stat-loss"],
       ["lr", fmt.num(j.lr, 3), "stat-lr"], ["s/step", fmt.num(j.s_per_step, 3), "stat-speed"], ["ETA", fmt.secs(j.eta_s), "stat-eta"]]
@@ -324,16 +327,27 @@ async function jobPage(id) {
         onclick: () => zoom(s.url, `step ${s.step}, prompt ${s.prompt_index + 1}, seed ${s.seed}`)}))));
     compare.replaceChildren(...cols);
   }
+  let shownStep = null;
+  function renderGallery(steps) {   // one checkpoint step at a time: rows = prompts, columns = seeds
+    const tabs = el("div", {class: "toolbar", id: "gallery-steps"}, steps.map((st) =>
+      el("button", {class: st === shownStep ? "" : "secondary", "data-step": st, onclick: () => { shownStep = st; renderGallery(steps); }}, `step ${st}`)));
+    const here = sampleList.filter((s) => s.step === shownStep);
+    const prompts = [...new Set(here.map((s) => s.prompt_index))];
+    gallery.replaceChildren(tabs, ...prompts.map((p) => el("div", {class: "row", "data-step": shownStep, "data-prompt": p},
+      el("span", {}, `prompt ${p + 1}`),
+      here.filter((s) => s.prompt_index === p).map((s) => el("img", {src: s.url, alt: `step ${s.step} prompt ${p + 1} seed ${s.seed}`,
+        onclick: () => zoom(s.url, `step ${s.step}, prompt ${p + 1}, seed ${s.seed}`)})))));
+  }
   async function refreshSlow() {
     const [metrics, samples, fl, lg] = await Promise.all([api("GET", `/api/jobs/${id}/metrics`), api("GET", `/api/jobs/${id}/samples`),
       api("GET", `/api/jobs/${id}/files`), api("GET", `/api/jobs/${id}/log?tail=80`)]);
     drawLoss(canvas, metrics);
     if (JSON.stringify(samples) !== JSON.stringify(sampleList)) {
+      const newest = !sampleList.length || String(shownStep) === String(sampleList[sampleList.length - 1].step);
       sampleList = samples;
       const steps = [...new Set(samples.map((s) => s.step))];
-      gallery.replaceChildren(...steps.map((step) => el("div", {class: "row", "data-step": step}, el("span", {}, `step ${step}`),
-        samples.filter((s) => s.step === step).map((s) => el("img", {src: s.url, alt: `step ${step} prompt ${s.prompt_index}`,
-          onclick: () => zoom(s.url, `step ${step}, prompt ${s.prompt_index + 1}, seed ${s.seed}`)})))));
+      if (newest || !steps.includes(shownStep)) shownStep = steps[steps.length - 1];
+      renderGallery(steps);
       const keep = [stepA.value, stepB.value];
       for (const [sel, fallback] of [[stepA, steps[0]], [stepB, steps[steps.length - 1]]]) {
         sel.replaceChildren(...steps.map((st) => el("option", {value: st}, `step ${st}`)));
