@@ -47,6 +47,34 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_import(args: argparse.Namespace) -> int:
+    import yaml
+
+    from zlora.config import parse_config, read_yaml
+    from zlora.config.aitk import import_aitk, is_aitk
+    from zlora.utils.io import atomic_write_text, check_output
+
+    check_output(args.output, [args.job], overwrite=args.overwrite)
+    path = Path(args.job)
+    if not path.is_file():
+        raise UserError(f"job file not found: {path}")
+    try:
+        data = read_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not is_aitk(data):
+        raise UserError(
+            f"{path} is not an ai-toolkit job file (no config.process); zlora configs need no import"
+        )
+    mapped, notes = import_aitk(data)
+    for note in notes:
+        print(f"{path}: {note}", file=sys.stderr)
+    parse_config(mapped, source=str(path))  # every problem now, not at `zlora train`
+    atomic_write_text(args.output, yaml.safe_dump(mapped, sort_keys=False, allow_unicode=True))
+    print(args.output)
+    return 0
+
+
 # ---------------------------------------------------------------- models
 def _hub(args: argparse.Namespace):
     from zlora.hub.manifest import hub_settings
@@ -316,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "overrides", nargs="*", metavar="a.b=c", help="override settings, e.g. train.steps=100"
         )
+
+    p = add(cfg, "import", "write the zlora config equivalent to an ai-toolkit job file", cmd_config_import,
+            [writes])  # fmt: skip
+    p.add_argument("job", help="ai-toolkit job YAML (job: extension, config.process[...])")
+    p.add_argument("-o", "--output", required=True, help="the zlora config to write")
 
     models = add(sub, "models", "pull, verify, export and list base models").add_subparsers(
         dest="sub", required=True, metavar="SUB"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import typing
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from zlora.config.aitk import import_aitk, is_aitk
 from zlora.config.schema import Config
 from zlora.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # Names people bring from other trainers (or guess) for settings that exist here under another name.
 SYNONYMS = {
@@ -202,6 +206,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
         raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    if is_aitk(data):
+        data, notes = import_aitk(data)
+        for note in notes:
+            log.info("ai-toolkit job: %s", note)
     data = apply_overrides(data if data is not None else {}, overrides or [])
     cfg = parse_config(data, source=str(path))
     if check_files:
