@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as e:
         print(f"zlora: {e}", file=sys.stderr)
         return e.exit_code
+    if os.environ.get("RANK", "0") != "0":  # a distributed launch: process 0 reports
+        return 0
     run_dir = lora.parent
     grid = sorted((run_dir / "samples").glob("step-??????.png"))
     print(f"LoRA:         {lora}")
@@ -446,7 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        quiet = (
+            os.environ.get("RANK", "0") != "0"
+        )  # the other processes of a distributed launch: problems only
+        logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else
+                            logging.WARNING if quiet else logging.INFO,
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
         for noisy in ("httpx", "httpcore", "urllib3", "filelock", "PIL", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

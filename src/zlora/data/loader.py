@@ -242,8 +242,15 @@ class TrainData:
         return out
 
     # ------------------------------------------------------------------ order
-    def order(self) -> BucketBatches:
-        """Each entry ``num_repeats`` times per epoch; batches from one bucket at a time."""
+    def order(self, processes: int = 1) -> BucketBatches:
+        """Each entry ``num_repeats`` times per epoch; global batches (batch_size x processes) from one bucket at a
+        time, the same plan in every process."""
         repeats = [self.cfg.datasets[e.dataset].num_repeats for e in self.entries]
-        return BucketBatches([e.bucket for e in self.entries], self.cfg.train.batch_size, self.cfg.train.seed,
-                             repeats)  # fmt: skip
+        return BucketBatches([e.bucket for e in self.entries], self.cfg.train.batch_size * processes,
+                             self.cfg.train.seed, repeats)  # fmt: skip
+
+    def latent_shape(self, i: int, vae) -> tuple[int, int, int]:
+        """(C, h, w) of entry ``i``'s training latent, from its bucket (no encoding needed)."""
+        width, height = self.entries[i].bucket
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        return (vae.config.latent_channels, height // factor, width // factor)

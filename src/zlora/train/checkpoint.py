@@ -85,7 +85,7 @@ def load_state(path: Path) -> dict:
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def write_run_json(path: Path, model_ref) -> None:
+def write_run_json(path: Path, model_ref, processes: int = 1) -> None:
     """``run.json``: the base model (reference, commit, files with the manifest's sha256 when there is one)
     and the package versions, so a run can be reproduced."""
     import platform
@@ -112,6 +112,7 @@ def write_run_json(path: Path, model_ref) -> None:
         "versions": {"zlora": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__,
                      "python": platform.python_version()},
+        "processes": processes,
         **({"forced_resumes": history} if history else {}),
     }  # fmt: skip
     atomic_write_text(path, json.dumps(info, indent=2) + "\n")

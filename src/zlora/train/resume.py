@@ -23,6 +23,13 @@ FREE_TO_CHANGE = [
 NEVER = ["network.*"]
 
 
+def effective(config: dict, processes: int) -> dict:
+    """``config`` with ``train.batch_size`` as the global batch (batch_size x processes), under that name."""
+    out = {**config, "train": dict(config.get("train", {}))}
+    out["train"]["batch_size x processes"] = out["train"].pop("batch_size", 1) * processes
+    return out
+
+
 def flatten(data: object, prefix: str = "") -> dict[str, object]:
     """{"a": {"b": [1, {"c": 2}]}} -> {"a.b": [1, {"c": 2}]} with lists of sections flattened by index
     ("datasets.0.folder_path"), plain lists kept whole."""

@@ -27,7 +27,7 @@ from zlora.models.load import (
     resolve_file_ref,
     resolve_model,
 )
-from zlora.train import checkpoint, resume
+from zlora.train import checkpoint, distributed, resume
 from zlora.train.metrics import MetricsLog, plot_loss
 from zlora.train.network import USER_LORA, add_user_lora, load_training_adapter, set_active
 from zlora.train.optim import make_optimizer, make_scheduler
@@ -49,11 +49,16 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.step = 0
         self.stop = GracefulStop()
+        # one process, or this one's place in a torchrun / accelerate launch
+        self.dist = distributed.init(cpu=cfg.job.device == "cpu" or not torch.cuda.is_available())
+        self._stop_agreed = False
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
-        self.device = resolve_device(cfg.job.device)
+        self.dist.check_same(dump_config(cfg), "config")
+        auto = cfg.job.device == "auto" and self.dist.device is not None
+        self.device = self.dist.device if auto else resolve_device(cfg.job.device)
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
         hub = hub_settings(cfg.hub.models_dir, cfg.hub.endpoint, cfg.hub.offline)
         self.model_ref = resolve_model(cfg.model.name_or_path, hub)
@@ -66,8 +71,9 @@ class Trainer:
                  self.device)  # fmt: skip
         self.parts = load_components(self.model_ref.folder, self.dtype, text_encoder=False)
         self.parts.vae.to(self.device)
-        self.data.prepare_latents(self.parts.vae)
-        self.data.prepare_text(self._text_encoder)
+        with self.dist.main_first():  # disk caches are filled once, then read by the other processes
+            self.data.prepare_latents(self.parts.vae)
+            self.data.prepare_text(self._text_encoder)
         if cfg.train.unload_text_encoder:  # free it before the transformer moves in
             self.parts.text_encoder = self.parts.tokenizer = None
         if self.data.all_latents_cached:  # the VAE is only needed on the device for previews now
@@ -90,16 +96,18 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params, decay=cfg.train.ema_config.ema_decay)
-        self.order = self.data.order()
+        self.order = self.data.order(self.dist.world)  # global batches; each process trains its share
         self.generator = torch.Generator(self.device).manual_seed(cfg.train.seed)
         self._resume()
         # Only now does the run really start or resume: a failed start leaves the run folder as it was.
-        make_dirs(self.run_dir)
-        resume.keep_old_config(self.run_dir, dump_config(cfg), self.step)
-        checkpoint.write_run_json(self.run_dir / "run.json", self.model_ref)
-        if self.forced:
-            resume.record_forced(self.run_dir / "run.json", self.step, self.forced)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
+        self.metrics = None  # only the main process writes the run folder
+        if self.dist.main:
+            make_dirs(self.run_dir)
+            resume.keep_old_config(self.run_dir, dump_config(cfg), self.step)
+            checkpoint.write_run_json(self.run_dir / "run.json", self.model_ref, self.dist.world)
+            if self.forced:
+                resume.record_forced(self.run_dir / "run.json", self.step, self.forced)
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
         self.pipe = make_pipeline(self.parts)
         trigger = cfg.job.trigger_word
         if trigger and cfg.sample.prompts and all(trigger in p.prompt for p in cfg.sample.prompt_list()):
@@ -143,6 +151,8 @@ class Trainer:
         state = checkpoint.load_state(path)
         new = self.cfg.model_dump(mode="json")
         old = state.get("config") or {**new, "network": state["network"]}  # older checkpoints: network only
+        # What must match is the global batch: 2 processes x batch 1 resume 1 process x batch 2 and back.
+        old, new = resume.effective(old, state.get("world_size", 1)), resume.effective(new, self.dist.world)
         self.forced = resume.check(old, new, path, self.force_resume)
         named = self._lora_params()
         missing = set(named) ^ set(state["lora"])
@@ -203,22 +213,24 @@ class Trainer:
             self.sample()
         self.transformer.train()
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
-                   mininterval=0.1 if sys.stderr.isatty() else 10)  # fmt: skip
+                   mininterval=0.1 if sys.stderr.isatty() else 10, disable=not self.dist.main)  # fmt: skip
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
             loss = self.step_once()
             self.step += 1
             lr = self.lr_scheduler.get_last_lr()[0]
-            self.metrics.log(step=self.step, loss=loss, lr=lr, seconds=round(time.perf_counter() - t0, 6))
+            if self.metrics:
+                self.metrics.log(step=self.step, loss=loss, lr=lr, seconds=round(time.perf_counter() - t0, 6))
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # bar.update() redraws
             bar.update()
 
             done = self.step == cfg.train.steps
-            if self.step % cfg.save.save_every == 0 or done or self.stop.signal is not None:
+            stop = self._stop_requested()
+            if self.step % cfg.save.save_every == 0 or done or stop:
                 self.save_checkpoint()
             if cfg.sample.prompts and (self.step % cfg.sample.sample_every == 0 or done):
                 self.sample()
-            if self.stop.signal is not None and not done:
+            if stop and not done:
                 bar.close()
                 raise self.stop.interrupted(self.step, self.ckpt_root / checkpoint.step_dir_name(self.step))
         bar.close()
@@ -229,23 +241,33 @@ class Trainer:
             log.warning("stop requested at the last step: the run is complete")
 
     def step_once(self) -> float:
-        """One optimizer step over ``gradient_accumulation`` batches; returns the loss."""
+        """One optimizer step over ``gradient_accumulation`` batches; returns the loss. In a distributed launch the
+        batches are global: every process draws the whole step's randomness and trains its share of each batch."""
         cfg = self.cfg.train
         batches = [self.order.next_batch() for _ in range(cfg.gradient_accumulation)]  # each from one bucket
         flat = [i for b in batches for i in b]
-        # All randomness of the step is drawn first, in sample order: 2 batches of 1 draw what 1 batch of 2 does.
+        # All randomness of the step is drawn first, in sample order: 2 batches of 1 draw what 1 batch of 2 does,
+        # and so do 2 processes with 1 sample each.
         caps = self.data.captions(flat, self.generator)  # (L_i, D) each: caption lengths differ
         sigmas = sample_sigmas(cfg, len(flat), self.generator, self.device)
-        x0 = [x for b in batches for x in self.data.latents(b, self.parts.vae)]  # (C, h, w) each
-        noise = [torch.randn(x.shape, generator=self.generator, device=self.device) for x in x0]
+        noise = [torch.randn(self.data.latent_shape(i, self.parts.vae), generator=self.generator, device=self.device)
+                 for i in flat]  # (C, h, w) each  # fmt: skip
 
         total, start = 0.0, 0
         for b in batches:
-            part = slice(start, start + len(b))
+            own = self.dist.share(len(b))
+            share = slice(start + own.start, start + own.stop)  # this process's positions in flat
             start += len(b)
-            loss = self._loss(b, x0[part], noise[part], sigmas[part], caps[part]) * (len(b) / len(flat))
+            if own.start == own.stop:
+                continue  # a bucket's last batch can be smaller than the number of processes
+            mine = flat[share]
+            x0 = self.data.latents(mine, self.parts.vae)  # (C, h, w) each
+            # the sum over processes of (my samples' mean) * (my share) is the mean over the global batch
+            loss = self._loss(mine, x0, noise[share], sigmas[share], caps[share]) * (len(mine) / len(flat))
             loss.backward()
             total += loss.item()
+        total, stops = self.dist.all_reduce(self.params, total, float(self.stop.signal is not None))
+        self._stop_agreed = stops > 0  # every process stops after the same step
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
@@ -258,6 +280,9 @@ class Trainer:
                 f"loss is {total} at step {self.step + 1}; lower train.lr or use model.dtype=fp32"
             )
         return total
+
+    def _stop_requested(self) -> bool:
+        return self._stop_agreed if self.dist.active else self.stop.signal is not None
 
     def _loss(self, idx, x0, noise, sigmas, caps) -> torch.Tensor:
         """Mean over the batch of each sample's mean loss (samples of different sizes weigh the same)."""
@@ -291,6 +316,8 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self) -> None:
+        if not self.dist.main:
+            return
         was_training = self.transformer.training
         self.transformer.eval()
         s, vae = self.cfg.sample, self.parts.vae
@@ -333,6 +360,8 @@ class Trainer:
         )  # fmt: skip
 
     def save_checkpoint(self) -> Path:
+        if not self.dist.main:  # every process holds the same state; one writes it
+            return self.ckpt_root / checkpoint.step_dir_name(self.step)
         rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -345,6 +374,7 @@ class Trainer:
             "rng": rng,
             "network": self.cfg.network.model_dump(mode="json"),
             "config": self.cfg.model_dump(mode="json"),
+            "world_size": self.dist.world,
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -357,14 +387,17 @@ class Trainer:
     def save(self) -> Path:
         """The final LoRA, ``<run>/<name>.safetensors``, and the loss plot."""
         out = self.run_dir / f"{self.cfg.job.name}.safetensors"
+        if not self.dist.main:
+            return out
         self.write_lora(out)
         plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         return out
 
     def cleanup(self) -> None:
         self.stop.restore()
-        if hasattr(self, "metrics"):
+        if getattr(self, "metrics", None):
             self.metrics.close()
+        self.dist.close()
 
 
 def run_training(cfg: Config, force_resume: bool = False) -> Path:
