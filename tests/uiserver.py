@@ -51,12 +51,13 @@ class UIServer:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=30)
 
-    def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None):
+    def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None,
+             ctype: str = "application/json"):  # fmt: skip
         """(status, parsed JSON or text)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", ctype)
         if token or self.token:
             req.add_header("Authorization", f"Bearer {token or self.token}")
         try:
@@ -79,6 +80,16 @@ class UIServer:
             if time.monotonic() > end:
                 raise AssertionError(f"job {job_id} never got there: {job}")
             time.sleep(0.1)
+
+
+def multipart(field: str, files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body with ``files`` under ``field``: (body, content type)."""
+    boundary = "zloraTestBoundary7MA4YWxkTrZu0gW"
+    out = b""
+    for name, data in files:
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"  # fmt: skip
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def job_yaml(name: str, steps: int = 12, save_every: int = 6, prompts: bool = True) -> str:

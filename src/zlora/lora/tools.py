@@ -33,6 +33,25 @@ def delta_norm(m: LoraModule) -> float:
     return scale * float(torch.sum((b.T @ b) * (a @ a.T)).clamp_min(0).sqrt())
 
 
+def delta_table(modules: dict[str, LoraModule]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """{block: {component: delta norm}} in block order (refiners, then layers), and the modules outside it."""
+    table: dict[str, dict[str, float]] = {}
+    other = []
+    for name, m in modules.items():
+        match = _BLOCK.match(name)
+        comp = COMPONENT_NAMES.get(match.group(3)) if match else None
+        if comp is None:
+            other.append(name)
+            continue
+        table.setdefault(f"{match.group(1)}.{match.group(2)}", {})[comp] = delta_norm(m)
+
+    def order(key: str) -> tuple:
+        kind, idx = key.rsplit(".", 1)
+        return (["noise_refiner", "context_refiner", "layers"].index(kind), int(idx))
+
+    return {k: table[k] for k in sorted(table, key=order)}, sorted(other)
+
+
 def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
     tensors, meta = read_lora(path)
     fmt = detect_format(list(tensors), allow_foreign)
@@ -58,32 +77,20 @@ def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
     for k, v in sorted(meta.items()):
         lines.append(f"meta {k}: {v[:100]}")
 
-    table: dict[str, dict[str, float]] = {}
-    other = []
-    for name, m in modules.items():
-        match = _BLOCK.match(name)
-        comp = COMPONENT_NAMES.get(match.group(3)) if match else None
-        if comp is None:
-            other.append(name)
-            continue
-        table.setdefault(f"{match.group(1)}.{match.group(2)}", {})[comp] = delta_norm(m)
+    table, other = delta_table(modules)
     comps = [c for c in COMPONENT_NAMES.values() if any(c in row for row in table.values())]
     if table:
         lines.append("")
         lines.append("delta Frobenius norm per block x component")
         lines.append(f"{'block':<20}" + "".join(f"{c:>10}" for c in comps))
 
-        def order(key: str) -> tuple:
-            kind, idx = key.rsplit(".", 1)
-            return (["noise_refiner", "context_refiner", "layers"].index(kind), int(idx))
-
-        for block in sorted(table, key=order):
+        for block in table:
             row = table[block]
             lines.append(
                 f"{block:<20}" + "".join(f"{row[c]:>10.4f}" if c in row else f"{'-':>10}" for c in comps)
             )
     if other:
-        lines.append(f"other modules: {', '.join(sorted(other))}")
+        lines.append(f"other modules: {', '.join(other)}")
     return "\n".join(lines)
 
 

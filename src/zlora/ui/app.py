@@ -32,7 +32,7 @@ from zlora.config import dump_config, read_yaml, validate
 from zlora.config.load import check_paths
 from zlora.config.schema import ARCH_PRESETS, TURBO_ADAPTERS, Config
 from zlora.errors import UserError
-from zlora.ui import progress
+from zlora.ui import datasets, loratools, progress
 from zlora.ui.runner import Runner, alive
 from zlora.ui.store import ACTIVE, Job, JobStore
 
@@ -82,7 +82,9 @@ class JobBody(BaseModel):
     start: bool = Field(True, description="queue it now (false: keep it stopped)")
 
 
-def create_app(data_dir: Path, token: str | None = None, start_runner: bool = True) -> FastAPI:
+def create_app(
+    data_dir: Path, token: str | None = None, start_runner: bool = True, max_upload_mb: int = 50
+) -> FastAPI:
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(data_dir / "zlora.db")
@@ -147,6 +149,8 @@ def create_app(data_dir: Path, token: str | None = None, start_runner: bool = Tr
         return resp
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(datasets.router(data_dir, store, max_upload_mb))
+    app.include_router(loratools.router(data_dir, store))
 
     # ------------------------------------------------------------------ config
     @app.get("/api/health")

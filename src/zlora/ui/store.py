@@ -27,7 +27,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL
-)
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    managed INTEGER NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 
@@ -58,7 +64,7 @@ class JobStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
 
     def _run(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -95,6 +101,17 @@ class JobStore:
 
     def delete(self, job_id: int) -> None:
         self._run("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def add_dataset(self, name: str, path: str, managed: bool) -> None:
+        self._run("INSERT INTO datasets (name, path, managed, created) VALUES (?, ?, ?, ?)",
+                  (name, path, int(managed), time.time()))  # fmt: skip
+
+    def dataset(self, name: str) -> sqlite3.Row | None:
+        rows = self._run("SELECT * FROM datasets WHERE name = ?", (name,))
+        return rows[0] if rows else None
+
+    def datasets(self) -> list[sqlite3.Row]:
+        return self._run("SELECT * FROM datasets ORDER BY name")
 
     def close(self) -> None:
         with self._lock:

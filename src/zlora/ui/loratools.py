@@ -1,0 +1,190 @@
+"""The LoRA tools page's API over `zlora lora` (the same functions, run in the server's worker threads): pick a LoRA
+from a finished job or an upload, inspect it (report + per-block x component delta norms for the heat map), scale,
+merge, convert. Every result is a new file in `<data dir>/loras/`; inputs are never written."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from zlora.errors import UserError
+from zlora.ui.datasets import safe_name
+
+
+class ScaleBody(BaseModel):
+    lora: str = Field(description="a LoRA reference from GET /api/loras (file:NAME or job:ID:PATH)")
+    ratio: float = 1.0
+    components: dict[str, float] = Field(
+        default_factory=dict, description="adaln, qk, v, attn_out, ffn, w1-3"
+    )
+    layers: str = Field("", description='per-layer multipliers, e.g. "0-9:0.5,20-29:1.2"')
+
+
+class MergeInput(BaseModel):
+    lora: str
+    weight: float = 1.0
+    components: dict[str, float] = Field(default_factory=dict)
+    layers: str = ""
+
+
+class MergeBody(BaseModel):
+    inputs: list[MergeInput] = Field(min_length=1)
+    rank: int | None = Field(None, description="reduce to this rank (SVD); none: exact")
+
+
+class ConvertBody(BaseModel):
+    lora: str
+    to: str = Field(description="zlora, diffusers, comfy (ComfyUI incl. bypass), comfy-fused, kohya")
+
+
+class RefBody(BaseModel):
+    lora: str
+
+
+def router(data_dir: Path, store) -> APIRouter:
+    api = APIRouter()
+    folder = data_dir / "loras"
+
+    def resolve(ref: str) -> Path:
+        kind, _, rest = ref.partition(":")
+        if kind == "file":
+            path = (folder / rest).resolve()
+            if path.parent != folder.resolve() or not path.is_file():
+                raise HTTPException(404, f"no LoRA file {rest!r} in the LoRA folder")
+            return path
+        if kind == "job":
+            job_id, _, rel = rest.partition(":")
+            job = store.get(int(job_id)) if job_id.isdigit() and len(job_id) < 12 else None
+            if job is None:
+                raise HTTPException(404, f"no job {job_id}")
+            root = Path(job.run_dir).resolve()
+            path = (root / rel).resolve()
+            if root not in path.parents or path.suffix != ".safetensors" or not path.is_file():
+                raise HTTPException(404, f"job {job_id} has no LoRA {rel!r}")
+            return path
+        raise HTTPException(422, "lora: use a reference from GET /api/loras (file:NAME or job:ID:PATH)")
+
+    def result_name(stem: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.safetensors"
+
+    def done(path: Path, report: str = "") -> dict:
+        return {
+            "file": path.name,
+            "lora": f"file:{path.name}",
+            "url": f"/api/loras/file/{path.name}",
+            "report": report,
+        }
+
+    def run(fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except UserError as e:
+            raise HTTPException(400, " ".join(e.problems)) from None
+
+    @api.get("/api/loras")
+    def list_loras() -> list[dict]:
+        """Uploaded and produced files, and the final / checkpoint LoRAs of every job."""
+        from zlora.ui import progress
+
+        out = []
+        if folder.is_dir():
+            out += [{"lora": f"file:{p.name}", "name": p.name, "source": "file", "url": f"/api/loras/file/{p.name}"}
+                    for p in sorted(folder.glob("*.safetensors"))]  # fmt: skip
+        for job in store.all():
+            for f in progress.lora_files(Path(job.run_dir), job.name):
+                out.append({"lora": f"job:{job.id}:{f['path']}", "name": f"{job.name}: {f['name']}",
+                            "source": "job", "url": f"/api/jobs/{job.id}/file/{f['path']}"})  # fmt: skip
+        return out
+
+    @api.post("/api/lora/upload")
+    async def upload(file: UploadFile) -> dict:
+        """A .safetensors LoRA (its header must parse; pickles are never loaded)."""
+        from zlora.utils.st import read_tensors
+
+        try:
+            name = safe_name(file.filename or "")
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        if not name.endswith(".safetensors"):
+            raise HTTPException(
+                422, f"{name}: only .safetensors LoRA files are accepted (pickles are never loaded)"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".upload-{time.time_ns()}.safetensors"
+        tmp.write_bytes(await file.read())
+        try:
+            read_tensors(tmp)
+        except UserError as e:
+            tmp.unlink(missing_ok=True)
+            raise HTTPException(400, " ".join(e.problems).replace(str(tmp), name)) from None
+        target = folder / name
+        if target.exists():
+            target = result_name(Path(name).stem)
+        tmp.rename(target)
+        return done(target)
+
+    @api.get("/api/loras/file/{name}")
+    def download(name: str) -> FileResponse:
+        path = resolve(f"file:{name}")
+        return FileResponse(path, filename=path.name)
+
+    @api.post("/api/lora/inspect")
+    def inspect(body: RefBody) -> dict:
+        from zlora.lora.tools import _read, delta_table, inspect_lora
+
+        path = resolve(body.lora)
+        report = run(inspect_lora, path, True)
+        modules, fmt, _ = run(_read, path, True)
+        table, other = delta_table(modules)
+        return {"report": report, "format": fmt, "table": table, "other": other}
+
+    @api.post("/api/lora/scale")
+    def scale(body: ScaleBody) -> dict:
+        from zlora.lora.edit import COMPONENTS, Multipliers, parse_layer_spec
+        from zlora.lora.tools import scale_lora
+
+        src = resolve(body.lora)
+        bad = sorted(set(body.components) - set(COMPONENTS))
+        if bad:
+            raise HTTPException(422, f"components: {bad} are not among {', '.join(COMPONENTS)}")
+        mult = Multipliers(body.ratio, body.components, run(parse_layer_spec, body.layers))
+        out = result_name(f"{src.stem}-scaled")
+        run(scale_lora, src, out, mult)
+        return done(out)
+
+    @api.post("/api/lora/merge")
+    def merge(body: MergeBody) -> dict:
+        from zlora.lora.edit import Multipliers, parse_layer_spec
+        from zlora.lora.tools import merge_loras
+
+        inputs = [(str(resolve(i.lora)), i.weight) for i in body.inputs]
+        mults = [Multipliers(1.0, i.components, run(parse_layer_spec, i.layers)) for i in body.inputs]
+        if body.rank is not None and body.rank < 1:
+            raise HTTPException(422, "rank: a positive integer, or null for an exact merge")
+        out = result_name("merged")
+        kept = run(merge_loras, inputs, out, body.rank, mults)
+        report = ""
+        if kept:
+            worst = min(kept, key=kept.get)
+            report = (
+                f"kept energy: mean {sum(kept.values()) / len(kept):.4f}, lowest {kept[worst]:.4f} ({worst})"
+            )
+        return done(out, report)
+
+    @api.post("/api/lora/convert")
+    def convert(body: ConvertBody) -> dict:
+        from zlora.lora.formats import resolve_format
+        from zlora.lora.tools import convert_lora
+
+        src = resolve(body.lora)
+        fmt = run(resolve_format, body.to)
+        out = result_name(f"{src.stem}-{body.to}")
+        source = run(convert_lora, src, out, fmt)
+        return done(out, f"{source} -> {fmt}")
+
+    return api

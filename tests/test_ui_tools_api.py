@@ -1,0 +1,120 @@
+"""Web UI part 2 through its HTTP API: datasets (create, upload checked by content, per-image buckets and problems,
+captions edited one by one and in bulk), LoRA tools over `zlora lora` (upload, inspect with the per-block table,
+scale, merge, convert: each result a new file, inputs untouched)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from uiserver import UIServer, multipart
+
+from zlora.lora.formats import LoraModule, write_modules
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = UIServer(tmp_path / "ui").start()
+    yield s
+    s.kill()
+
+
+def _png(w: int, h: int, color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_datasets_upload_inspect_and_edit_captions(server, tmp_path):
+    assert server.call("POST", "/api/datasets", {"name": "faces"})[0] == 200
+    assert server.call("POST", "/api/datasets", {"name": "faces"})[0] == 409
+    assert server.call("POST", "/api/datasets", {"name": "../evil"})[0] == 422
+    body, ctype = multipart("files", [("a.png", _png(640, 640)), ("a.txt", b"a red square"),
+                                      ("../../b.png", _png(300, 200)), ("c.jpg", b"not an image"),
+                                      ("d.pt", b"\x80\x04pickle"), ("wide.png", _png(1024, 512))])  # fmt: skip
+    status, r = server.call("POST", "/api/datasets/faces/files", raw=body, ctype=ctype)
+    assert status == 200, r
+    assert sorted(r["kept"]) == ["a.png", "a.txt", "b.png", "wide.png"]  # path parts dropped from ../../b.png
+    why = {x["file"]: x["why"] for x in r["refused"]}
+    assert "not a readable image" in why["c.jpg"] and "only images" in why["d.pt"]
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "ui" / "b.png").exists()
+    status, ds = server.call("GET", "/api/datasets/faces?resolutions=512,1024")
+    by = {i["name"]: i for i in ds["images"]}
+    assert by["a.png"]["caption"] == "a red square" and by["a.png"]["buckets"]["512"] == [512, 512]
+    assert (
+        by["a.png"]["buckets"]["1024"] is None and "too small for resolution 1024" in by["a.png"]["problem"]
+    )
+    assert by["wide.png"]["buckets"]["512"][0] > by["wide.png"]["buckets"]["512"][1]
+    assert by["b.png"]["caption"] is None
+    assert server.call("PUT", "/api/datasets/faces/captions/b.png", {"text": "a small red square"})[0] == 200
+    assert (
+        server.call("POST", "/api/datasets/faces/captions", {"action": "insert_trigger"})[1]["changed"] == 3
+    )
+    assert server.call("POST", "/api/datasets/faces/captions",
+                       {"action": "replace", "find": "red", "text": "blue"})[1]["changed"] == 2  # fmt: skip
+    caps = {i["name"]: i["caption"] for i in server.call("GET", "/api/datasets/faces")[1]["images"]}
+    assert caps == {"a.png": "[trigger], a blue square", "b.png": "[trigger], a small blue square",
+                    "wide.png": "[trigger]"}  # fmt: skip
+    assert server.call("GET", "/api/datasets/faces/image/..%2F..%2Fzlora.db")[0] in (403, 404)
+    assert server.call("GET", "/api/datasets/faces/image/a.png")[0] == 200
+    # an existing folder, used in place
+    outside = tmp_path / "mine"
+    outside.mkdir()
+    (outside / "x.png").write_bytes(_png(64, 64))
+    assert server.call("POST", "/api/datasets", {"name": "mine", "path": str(outside)})[0] == 200
+    listed = {d["name"]: d for d in server.call("GET", "/api/datasets")[1]}
+    assert listed["mine"]["images"] == 1 and not listed["mine"]["managed"] and listed["faces"]["images"] == 3
+
+
+def _lora_file(path, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    modules = {f"layers.{i}.attention.to_{c}": LoraModule(torch.randn(4, 64, generator=g), torch.randn(64, 4, generator=g), 2.0)
+               for i in range(2) for c in ("q", "k", "v")}  # fmt: skip
+    save_file(write_modules(modules, "zlora"), str(path))
+
+
+def test_lora_tools_make_new_files_and_never_touch_inputs(server, tmp_path):
+    src = tmp_path / "mine.safetensors"
+    _lora_file(src, 0)
+    _lora_file(tmp_path / "other.safetensors", 1)
+    before = hashlib.sha256(src.read_bytes()).hexdigest()
+    refs = []
+    for p in (src, tmp_path / "other.safetensors"):
+        body, ctype = multipart("file", [(p.name, p.read_bytes())])
+        status, r = server.call("POST", "/api/lora/upload", raw=body, ctype=ctype)
+        assert status == 200, r
+        refs.append(r["lora"])
+    body, ctype = multipart("file", [("evil.ckpt", b"\x80\x04")])
+    assert server.call("POST", "/api/lora/upload", raw=body, ctype=ctype)[0] == 422
+    body, ctype = multipart("file", [("broken.safetensors", b"\x00" * 5)])
+    status, r = server.call("POST", "/api/lora/upload", raw=body, ctype=ctype)
+    assert status == 400 and "only 5 bytes" in r["detail"]
+
+    status, r = server.call("POST", "/api/lora/inspect", {"lora": refs[0]})
+    assert status == 200 and r["format"] == "zlora"
+    assert set(r["table"]) == {"layers.0", "layers.1"} and set(r["table"]["layers.0"]) == {"q", "k", "v"}
+    status, scaled = server.call("POST", "/api/lora/scale", {"lora": refs[0], "components": {"qk": 0.0},
+                                                             "layers": "1:2"})  # fmt: skip
+    assert status == 200, scaled
+    table = server.call("POST", "/api/lora/inspect", {"lora": scaled["lora"]})[1]["table"]
+    assert table["layers.0"]["q"] == 0 and table["layers.1"]["v"] == pytest.approx(
+        2 * r["table"]["layers.1"]["v"], rel=1e-5
+    )
+    status, merged = server.call("POST", "/api/lora/merge", {"inputs": [{"lora": refs[0], "weight": 0.5},
+                                                                       {"lora": refs[1], "weight": 0.5}], "rank": 4})  # fmt: skip
+    assert status == 200 and "kept energy" in merged["report"]
+    status, conv = server.call("POST", "/api/lora/convert", {"lora": refs[0], "to": "comfy"})
+    assert status == 200 and conv["report"] == "zlora -> comfy-fused"
+    assert server.call("GET", conv["url"])[0] == 200
+    assert (
+        server.call("POST", "/api/lora/scale", {"lora": refs[0], "layers": "40:1"})[0] == 400
+    )  # names the layers
+    assert server.call("POST", "/api/lora/convert", {"lora": "file:../zlora.db", "to": "kohya"})[0] == 404
+    assert server.call("POST", "/api/lora/convert", {"lora": refs[0], "to": "sdxl"})[0] == 400
+    names = {x["name"] for x in server.call("GET", "/api/loras")[1]}
+    assert len(names) == 5  # 2 uploads + scale, merge, convert results
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == before
