@@ -118,3 +118,62 @@ def test_lora_tools_make_new_files_and_never_touch_inputs(server, tmp_path):
     names = {x["name"] for x in server.call("GET", "/api/loras")[1]}
     assert len(names) == 5  # 2 uploads + scale, merge, convert results
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before
+
+
+def _wait_task(server, task_id: int, timeout: float = 120) -> dict:
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        task = server.call("GET", f"/api/tasks/{task_id}")[1]
+        if task["status"] != "running":
+            return task
+        assert time.monotonic() < end, task
+        time.sleep(0.2)
+
+
+def test_models_pull_with_progress_verify_and_the_endpoint_setting(tmp_path, tiny_dir):
+    import os
+
+    from hubserver import FakeHub
+
+    hub = FakeHub()
+    hub.add_repo("org/tiny-zimage", tiny_dir)
+    url = hub.start()
+    server = UIServer(tmp_path / "ui", env={**os.environ, "HF_HUB_OFFLINE": "0"}).start()
+    try:
+        assert server.call("PUT", "/api/settings", {"endpoint": "htp:/x"})[0] == 422
+        s = server.call("PUT", "/api/settings", {"endpoint": url, "models_dir": str(tmp_path / "models")})[1]
+        assert s["effective_endpoint"] == url
+        task_id = server.call("POST", "/api/models/pull", {"ref": "org/tiny-zimage"})[1]["id"]
+        task = _wait_task(server, task_id)
+        assert task["status"] == "done", task
+        assert task["total"] > 0 and task["bytes"] == task["total"]
+        models = server.call("GET", "/api/models")[1]
+        assert any(m["name"] == "org/tiny-zimage" and m["complete"] == "yes" for m in models)
+        task = _wait_task(
+            server, server.call("POST", "/api/models/verify", {"ref": "org/tiny-zimage"})[1]["id"]
+        )
+        assert task["status"] == "done" and "all files match" in task["log"]
+        task = _wait_task(server, server.call("POST", "/api/models/pull", {"ref": "org/nope"})[1]["id"])
+        assert task["status"] == "failed" and "org/nope" in task["message"]
+        assert server.call("POST", "/api/models/pull", {"ref": "x"})[0] == 422
+    finally:
+        server.kill()
+        hub.stop()
+
+
+def test_generate_task_embeds_its_settings(server, tmp_path):
+    from PIL import Image
+
+    body = {"model": "builtin:tiny", "prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "seed": 7,
+            "device": "cpu"}  # fmt: skip
+    task = _wait_task(server, server.call("POST", "/api/generate", body)[1]["id"])
+    assert task["status"] == "done", task
+    status, _ = server.call("GET", task["image"])
+    assert status == 200
+    png = Image.open(tmp_path / "ui" / "images" / f"task-{task['id']}.png")
+    assert png.size == (32, 32) and '"seed": 7' in png.text["parameters"]
+    assert server.call("POST", "/api/generate", {**body, "width": 33})[0] == 422
+    bad = _wait_task(server, server.call("POST", "/api/generate", {**body, "model": "./nope"})[1]["id"])
+    assert bad["status"] == "failed" and "folder not found" in bad["message"]

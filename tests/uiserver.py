@@ -22,8 +22,8 @@ def free_port() -> int:
 
 
 class UIServer:
-    def __init__(self, data_dir: Path, token: str | None = None):
-        self.data_dir, self.token = data_dir, token
+    def __init__(self, data_dir: Path, token: str | None = None, env: dict | None = None):
+        self.data_dir, self.token, self.env = data_dir, token, env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -33,7 +33,7 @@ class UIServer:
         if self.token:
             args += ["--token", self.token]
         self.proc = subprocess.Popen(
-            args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
         )
         end = time.monotonic() + 30
         while time.monotonic() < end:

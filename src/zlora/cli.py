@@ -256,7 +256,7 @@ def _parse_lora_arg(text: str) -> tuple[str, float]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from zlora.generate import generate_image, image_format
+    from zlora.generate import generate_image, image_format, save_image
     from zlora.utils.io import atomic_write, check_output
 
     loras = [_parse_lora_arg(x) for x in args.lora]
@@ -267,7 +267,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
         device=args.device, dtype=args.dtype,
     )  # fmt: skip
-    atomic_write(args.output, lambda p: image.save(p, format=fmt))
+    settings = {"model": args.model, "loras": [[p, w] for p, w in loras], "prompt": args.prompt,
+                "negative": args.negative, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                "width": args.width, "height": args.height, "zlora": __version__}  # fmt: skip
+    atomic_write(args.output, lambda p: save_image(image, p, fmt, settings))
     print(args.output)
     return 0
 

@@ -22,6 +22,20 @@ def image_format(path: str | Path) -> str:
     return IMAGE_FORMATS[suffix]
 
 
+def save_image(image: Image.Image, path: Path, fmt: str, settings: dict) -> None:
+    """The image with its settings embedded (PNG text chunk ``parameters``, JSON), so it can be reproduced."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    if fmt != "PNG":
+        image.save(path, format=fmt)
+        return
+    info = PngInfo()
+    info.add_text("parameters", json.dumps(settings, sort_keys=True))
+    image.save(path, format=fmt, pnginfo=info)
+
+
 def check_lora_file(path: str) -> None:
     """A LoRA that diffusers would load as nothing (another model's keys: it only warns) or that would turn the
     image black (NaN/inf weights) is refused before the pipeline is built."""

@@ -113,6 +113,36 @@ def remote_files(settings: HubSettings, repo_id: str, revision: str | None, file
     return commit, {f.path: (f.size, f.lfs.sha256 if f.lfs else None, f.blob_id) for f in wanted}
 
 
+PLAN = Path(".cache") / "zlora-pull.json"
+
+
+def write_plan(folder: Path, todo: dict[str, int]) -> None:
+    """What this pull fetches (path -> size), for progress readers such as the web UI."""
+    import json
+
+    from zlora.utils.io import atomic_write_text
+
+    atomic_write_text(folder / PLAN, json.dumps({"files": todo}))
+
+
+def pull_progress(folder: Path) -> tuple[int, int]:
+    """(bytes on disk, bytes to fetch) of the pull under way (or last run) into ``folder``: finished files by size,
+    partial ones by huggingface_hub's ``.incomplete`` files."""
+    import json
+
+    try:
+        todo = json.loads((folder / PLAN).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return 0, 0
+    done = sum(
+        size
+        for rel, size in todo.items()
+        if (folder / rel).is_file() and (folder / rel).stat().st_size == size
+    )
+    partial = sum(p.stat().st_size for p in (folder / ".cache").rglob("*.incomplete") if p.is_file())
+    return min(done + partial, sum(todo.values())), sum(todo.values())
+
+
 def _matches(path: Path, size: int, sha256: str | None, sha1: str) -> tuple[bool, str]:
     digest = sha256_file(path)
     ok = path.stat().st_size == size and (digest == sha256 if sha256 else git_blob_sha1(path) == sha1)
@@ -155,6 +185,7 @@ def pull(ref: str, settings: HubSettings, revision: str | None = None, to: Path 
         raise UserError(f"{ref}: needs {human(need)}, {human(free)} free on {folder}; free space or use --to / "
                         "hub.models_dir / ZLORA_MODELS_DIR for another disk")  # fmt: skip
     log.info("%s@%s: %d files, %s to download into %s", repo_id, commit[:10], len(todo), human(need), folder)
+    write_plan(folder, {rel: files[rel][0] for rel in todo})
     for rel in tqdm(todo, desc="files", unit="file", disable=len(todo) < 2):
         size, sha256, sha1 = files[rel]
         try:

@@ -32,7 +32,7 @@ from zlora.config import dump_config, read_yaml, validate
 from zlora.config.load import check_paths
 from zlora.config.schema import ARCH_PRESETS, TURBO_ADAPTERS, Config
 from zlora.errors import UserError
-from zlora.ui import datasets, loratools, progress
+from zlora.ui import datasets, loratools, progress, tasks
 from zlora.ui.runner import Runner, alive
 from zlora.ui.store import ACTIVE, Job, JobStore
 
@@ -151,6 +151,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(datasets.router(data_dir, store, max_upload_mb))
     app.include_router(loratools.router(data_dir, store))
+    app.include_router(tasks.router(data_dir, store))
 
     # ------------------------------------------------------------------ config
     @app.get("/api/health")

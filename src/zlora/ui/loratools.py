@@ -45,28 +45,34 @@ class RefBody(BaseModel):
     lora: str
 
 
+def resolve_ref(data_dir: Path, store, ref: str) -> Path:
+    """``file:NAME`` (uploads and results) or ``job:ID:PATH`` (a job's LoRA) -> the file, or 404."""
+    kind, _, rest = ref.partition(":")
+    if kind == "file":
+        folder = (data_dir / "loras").resolve()
+        path = (folder / rest).resolve()
+        if path.parent != folder or not path.is_file():
+            raise HTTPException(404, f"no LoRA file {rest!r} in the LoRA folder")
+        return path
+    if kind == "job":
+        job_id, _, rel = rest.partition(":")
+        job = store.get(int(job_id)) if job_id.isdigit() and len(job_id) < 12 else None
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        root = Path(job.run_dir).resolve()
+        path = (root / rel).resolve()
+        if root not in path.parents or path.suffix != ".safetensors" or not path.is_file():
+            raise HTTPException(404, f"job {job_id} has no LoRA {rel!r}")
+        return path
+    raise HTTPException(422, "lora: use a reference from GET /api/loras (file:NAME or job:ID:PATH)")
+
+
 def router(data_dir: Path, store) -> APIRouter:
     api = APIRouter()
     folder = data_dir / "loras"
 
     def resolve(ref: str) -> Path:
-        kind, _, rest = ref.partition(":")
-        if kind == "file":
-            path = (folder / rest).resolve()
-            if path.parent != folder.resolve() or not path.is_file():
-                raise HTTPException(404, f"no LoRA file {rest!r} in the LoRA folder")
-            return path
-        if kind == "job":
-            job_id, _, rel = rest.partition(":")
-            job = store.get(int(job_id)) if job_id.isdigit() and len(job_id) < 12 else None
-            if job is None:
-                raise HTTPException(404, f"no job {job_id}")
-            root = Path(job.run_dir).resolve()
-            path = (root / rel).resolve()
-            if root not in path.parents or path.suffix != ".safetensors" or not path.is_file():
-                raise HTTPException(404, f"job {job_id} has no LoRA {rel!r}")
-            return path
-        raise HTTPException(422, "lora: use a reference from GET /api/loras (file:NAME or job:ID:PATH)")
+        return resolve_ref(data_dir, store, ref)
 
     def result_name(stem: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
