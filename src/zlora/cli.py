@@ -278,7 +278,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from zlora.ui.server import serve
 
-    serve(args.host, args.port, Path(args.data_dir) if args.data_dir else None, args.token)
+    serve(
+        args.host, args.port, Path(args.data_dir) if args.data_dir else None, args.token, args.max_upload_mb
+    )
     return 0
 
 
@@ -339,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="job store and default output folder (default: $ZLORA_UI_DIR, else "
                    "~/.cache/zlora/ui)")  # fmt: skip
     p.add_argument("--token", help="require this token for every page and API call (also ZLORA_UI_TOKEN)")
+    p.add_argument(
+        "--max-upload-mb", type=int, default=50, help="largest image or caption file accepted by upload"
+    )
 
     cfg = add(sub, "config", "check or print a config").add_subparsers(
         dest="sub", required=True, metavar="SUB"

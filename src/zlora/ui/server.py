@@ -24,7 +24,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def serve(host: str, port: int, data_dir: Path | None, token: str | None) -> None:
+def serve(host: str, port: int, data_dir: Path | None, token: str | None, max_upload_mb: int = 50) -> None:
     import uvicorn
 
     from zlora.ui.app import create_app
@@ -39,7 +39,9 @@ def serve(host: str, port: int, data_dir: Path | None, token: str | None) -> Non
         except OSError as e:
             raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
     folder = (data_dir or default_data_dir()).expanduser()
-    app = create_app(folder, token)
+    if max_upload_mb < 1:
+        raise UserError(f"--max-upload-mb {max_upload_mb}: must be at least 1")
+    app = create_app(folder, token, max_upload_mb=max_upload_mb)
     print(
         f"zlora UI: http://{host if ':' not in host else f'[{host}]'}:{port}/  (data: {folder})", flush=True
     )

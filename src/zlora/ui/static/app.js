@@ -38,8 +38,10 @@ function route() {
   const hash = location.hash || "#/jobs";
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", hash.startsWith(a.getAttribute("href"))));
   const m = hash.match(/^#\/jobs\/(\d+)/);
+  const extra = window.PAGES && Object.keys(window.PAGES).find((k) => hash.startsWith(k));
   if (hash.startsWith("#/new")) newJobPage();
   else if (m) jobPage(Number(m[1]));
+  else if (extra) window.PAGES[extra]();
   else jobsPage();
 }
 window.addEventListener("hashchange", route);
@@ -91,7 +93,9 @@ async function newJobPage() {
     el("div", {class: "toolbar"}, el("button", {id: "yaml-apply", onclick: applyYaml}, "Apply YAML to the form"),
        el("span", {class: "muted"}, "The form and this text are the same config: edit either.")));
   const panels = el("div", {class: "panels", id: "panels"});
-  view.append(el("h1", {}, "New Training Job"), formErr, panels,
+  const folders = el("datalist", {id: "dataset-folders"});
+  api("GET", "/api/datasets").then((ds) => folders.replaceChildren(...ds.map((d) => el("option", {value: d.path}, d.name)))).catch(() => {});
+  view.append(el("h1", {}, "New Training Job"), folders, formErr, panels,
     el("div", {class: "toolbar"},
        el("button", {id: "submit", onclick: submitJob}, "Create job"),
        el("button", {class: "secondary", id: "toggle-advanced", onclick: () => { yamlPanel.classList.toggle("hidden"); refreshYaml(); }}, "Show Advanced"),
@@ -144,7 +148,8 @@ async function newJobPage() {
       return ta;
     }
     const num = prop.type === "integer" || prop.type === "number";
-    const inp = el("input", {type: num ? "number" : "text", id, step: prop.type === "number" ? "any" : undefined});
+    const inp = el("input", {type: num ? "number" : "text", id, step: prop.type === "number" ? "any" : undefined,
+                             list: path.endsWith(".folder_path") ? "dataset-folders" : undefined});
     inp.value = value ?? "";
     inp.addEventListener("change", () => {
       const raw = inp.value.trim();
@@ -244,7 +249,7 @@ async function jobAction(id, action) {
     draft = (await api("POST", "/api/config/parse", {yaml: r.config_yaml})).config;
     location.hash = "#/new"; return;
   } else await api("POST", `/api/jobs/${id}/${action}`);
-  route();
+  window.addEventListener("DOMContentLoaded", route);
 }
 function actions(job) {
   const b = (a, label, cls = "secondary") => el("button", {class: cls, "data-action": a, onclick: () => jobAction(job.id, a)}, label);
@@ -371,4 +376,4 @@ async function jobPage(id) {
   cleanup.push(() => { events.close(); clearInterval(t); clearInterval(t2); });
 }
 
-route();
+window.addEventListener("DOMContentLoaded", route);
