@@ -275,6 +275,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from zlora.bench import main as bench
+
+    return bench(args)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from zlora.ui.server import serve
 
@@ -332,6 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
     p.add_argument("-o", "--output", "--out", default="out.png", help="image file (.png, .jpg, .webp)")
+
+    p = add(
+        sub, "bench", "time the trainer's step against a bare peft + AdamW loop on the same model", cmd_bench
+    )
+    p.add_argument("--size", choices=["tiny", "real"], default="tiny",
+                   help="builtin:tiny, or the real transformer config with random weights (no download; ~12 GB)")  # fmt: skip
+    p.add_argument("--res", type=int, default=512, help="image side in pixels (a multiple of 16)")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per step")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (each path)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, caches)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="a.b=c",
+                   help="config overrides, e.g. --set train.compile=false --set train.gradient_checkpointing=false")  # fmt: skip
+    p.add_argument("--json", help="also write the results to this JSON file")
 
     p = add(sub, "ui", "serve the web UI (New Training Job form, job queue, live progress)", cmd_ui)
     p.add_argument(

@@ -174,6 +174,10 @@ class TrainConfig(Section):
     differential_guidance_scale: float = Field(3.0, gt=0)
     seed: int = 42
     gradient_checkpointing: bool = True
+    compile: bool | Literal["auto"] = "auto"
+    """Regional ``torch.compile`` of the transformer's repeated blocks (diffusers' ``compile_repeated_blocks``).
+    ``auto``: on for CUDA, off on CPU. The first steps are slower (warm-up, logged); if compilation fails (no C
+    compiler, an unsupported op) the run warns and continues eager."""
     cache_text_embeddings: bool = False
     """Keep every caption's text embedding on disk (in each dataset's cache_dir), so later runs need no text
     encoder at all. Off: captions are encoded once per run and kept in memory."""

@@ -74,8 +74,15 @@ def build_tokenizer():
     )
 
 
-def build_pipeline(seed: int = 0):
-    """The tiny ZImagePipeline in memory, deterministic from ``seed``."""
+# `zlora bench --size real`: the real transformer (diffusers' defaults are Z-Image's config: dim 3840, 30 layers,
+# 6.15 B parameters) with random weights, fed by a one-layer text encoder of the real width (2560).
+REAL_TEXT_ENCODER_CONFIG = {**TEXT_ENCODER_CONFIG, "hidden_size": 2560, "intermediate_size": 256, "num_hidden_layers": 1,
+                            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 64}  # fmt: skip
+
+
+def build_pipeline(seed: int = 0, size: str = "tiny"):
+    """The tiny ZImagePipeline in memory, deterministic from ``seed``; ``size="real"``: the real transformer (bf16,
+    random weights) with the tiny VAE and a one-layer text encoder of the real width (benchmarks)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -88,12 +95,15 @@ def build_pipeline(seed: int = 0):
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        transformer = ZImageTransformer2DModel(**TRANSFORMER_CONFIG)
+        transformer = ZImageTransformer2DModel(**(TRANSFORMER_CONFIG if size == "tiny" else {}))
+        if size != "tiny":
+            transformer = transformer.to(torch.bfloat16)
         # The pad tokens are not covered by the model's init; any model built from config must fill them.
         with torch.no_grad():
             transformer.x_pad_token.normal_(0.0, 0.02)
             transformer.cap_pad_token.normal_(0.0, 0.02)
-        text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), **TEXT_ENCODER_CONFIG))
+        te_config = TEXT_ENCODER_CONFIG if size == "tiny" else REAL_TEXT_ENCODER_CONFIG
+        text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), **te_config))
         vae = AutoencoderKL(**VAE_CONFIG)
     finally:
         torch.random.set_rng_state(gen_state)
@@ -105,8 +115,9 @@ def build_pipeline(seed: int = 0):
     )
 
 
-def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model to ``out_dir`` (diffusers layout). Built in a temp folder, then renamed into place."""
+def make_tiny(out_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
+    """Write the tiny model (or the real-size bench model) to ``out_dir`` (diffusers layout). Built in a temp folder,
+    then renamed into place."""
     out_dir = Path(out_dir)
     if (out_dir / "model_index.json").is_file():
         return out_dir
@@ -114,7 +125,7 @@ def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     public_mode(tmp, directory=True)  # mkdtemp makes 0700 folders
     try:
-        build_pipeline(seed).save_pretrained(tmp)
+        build_pipeline(seed, size).save_pretrained(tmp)
         if out_dir.exists() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         try:
@@ -126,6 +137,13 @@ def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def bench_model_path(size: str) -> Path:
+    """The model `zlora bench` trains: builtin:tiny, or the real-size random one (built once, ~12 GB, in the cache)."""
+    if size == "tiny":
+        return builtin_tiny_path()
+    return make_tiny(cache_dir() / "models" / f"bench-real-v{TINY_VERSION}", 0, "real")
 
 
 def builtin_tiny_path(seed: int = 0) -> Path:

@@ -49,13 +49,17 @@ class Dist:
         if self.main:
             torch.distributed.barrier()
 
-    def all_reduce(self, params: list[torch.nn.Parameter], *scalars: float) -> list[float]:
-        """Sum every process's gradients in place and return the summed scalars: one collective."""
-        if not self.active:
-            return list(scalars)
+    def all_reduce(self, params: list[torch.nn.Parameter], *scalars: float | torch.Tensor) -> list[float]:
+        """Sum every process's gradients in place and return the summed scalars (tensors or floats): one
+        collective, and the step's one host sync (``tolist``)."""
         dev = params[0].device
+        values = torch.stack(
+            [torch.as_tensor(s, dtype=torch.float32, device=dev).reshape(()) for s in scalars]
+        )
+        if not self.active:
+            return values.tolist()
         parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
-        flat = torch.cat([*parts, torch.tensor(scalars, dtype=torch.float32, device=dev)])
+        flat = torch.cat([*parts, values])
         torch.distributed.all_reduce(flat)
         offset = 0
         for p in params:

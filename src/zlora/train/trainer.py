@@ -32,6 +32,7 @@ from zlora.train.metrics import MetricsLog, plot_loss
 from zlora.train.network import USER_LORA, add_user_lora, load_training_adapter, set_active
 from zlora.train.optim import make_optimizer, make_scheduler
 from zlora.train.sampling import render_previews
+from zlora.train.speed import compile_blocks, peak_memory_gib
 from zlora.train.stop import GracefulStop, TrainingInterrupted  # noqa: F401 - TrainingInterrupted: public here
 from zlora.train.timesteps import guided_target, loss_weights, sample_loss, sample_sigmas
 from zlora.utils.io import USER_WRITE_ERRNOS, WriteError, make_dirs, write_error
@@ -88,6 +89,7 @@ class Trainer:
         if self.adapter_path:
             load_training_adapter(self.transformer, self.adapter_path)
         self._use_adapter(training=True)
+        self.compiled = compile_blocks(self.transformer, cfg.train.compile, self.device)
         self.params = [p for p in self.transformer.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(cfg.train, self.params, self.device)
         self.lr_scheduler = make_scheduler(cfg.train, self.optimizer, cfg.train.steps)
@@ -214,14 +216,21 @@ class Trainer:
         self.transformer.train()
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 10, disable=not self.dist.main)  # fmt: skip
+        first = self.step
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
             loss = self.step_once()
             self.step += 1
             lr = self.lr_scheduler.get_last_lr()[0]
+            seconds, mem = time.perf_counter() - t0, peak_memory_gib(self.device)
+            if self.compiled and self.step == first + 1:
+                log.info("compile warm-up: first step took %.1f s", seconds)
             if self.metrics:
-                self.metrics.log(step=self.step, loss=loss, lr=lr, seconds=round(time.perf_counter() - t0, 6))
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # bar.update() redraws
+                self.metrics.log(
+                    step=self.step, loss=loss, lr=lr, seconds=round(seconds, 6), mem_gib=round(mem, 3)
+                )
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", s_step=f"{seconds:.3f}", mem_gib=f"{mem:.2f}",
+                            refresh=False)  # bar.update() redraws  # fmt: skip
             bar.update()
 
             done = self.step == cfg.train.steps
@@ -253,7 +262,7 @@ class Trainer:
         noise = [torch.randn(self.data.latent_shape(i, self.parts.vae), generator=self.generator, device=self.device)
                  for i in flat]  # (C, h, w) each  # fmt: skip
 
-        total, start = 0.0, 0
+        total, start = torch.zeros((), device=self.device), 0
         for b in batches:
             own = self.dist.share(len(b))
             share = slice(start + own.start, start + own.stop)  # this process's positions in flat
@@ -265,7 +274,7 @@ class Trainer:
             # the sum over processes of (my samples' mean) * (my share) is the mean over the global batch
             loss = self._loss(mine, x0, noise[share], sigmas[share], caps[share]) * (len(mine) / len(flat))
             loss.backward()
-            total += loss.item()
+            total += loss.detach().float()  # on the device: the step's one host sync is below
         total, stops = self.dist.all_reduce(self.params, total, float(self.stop.signal is not None))
         self._stop_agreed = stops > 0  # every process stops after the same step
         if cfg.max_grad_norm > 0:
