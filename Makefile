@@ -14,12 +14,15 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		echo "CUDA found: installing the default (CUDA) PyTorch build"; \
+		echo "CUDA found: installing the default (CUDA) PyTorch build and the CUDA extras (bitsandbytes)"; \
 	else \
 		echo "no CUDA: installing the CPU build $(TORCH_CPU)"; \
 		$(BIN)/python -m pip install -q "$(TORCH_CPU)"; \
 	fi
 	$(BIN)/python -m pip install -q -e .
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install -q -e ".[cuda]"; \
+	fi
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -72,8 +72,10 @@ def test_the_examples_map_every_setting(name, arch, model, adapter, bias, save_d
     )
     assert cfg.sample.walk_seed and cfg.sample.sample_every == 250
     text = "\n".join(notes)
+    assert (cfg.model.quantize, cfg.model.qtype, cfg.model.quantize_te, cfg.model.qtype_te) == (True, "float8", True,
+                                                                                                "float8")  # fmt: skip
     for unsupported in ("train.switch_boundary_every: no zlora equivalent", "logging: no zlora equivalent",
-                        "model.qtype: no zlora equivalent", "datasets[0].flip_y: no zlora equivalent"):  # fmt: skip
+                        "model.low_vram: no zlora equivalent", "datasets[0].flip_y: no zlora equivalent"):  # fmt: skip
         assert unsupported in text
     for mapped_note in ("training_folder -> job.output_dir", "config.name -> job.name", "train.dtype -> model.dtype",
                         "train.optimizer_params.weight_decay -> train.weight_decay",
@@ -84,6 +86,7 @@ def test_the_examples_map_every_setting(name, arch, model, adapter, bias, save_d
 def test_zlora_train_runs_an_ai_toolkit_job_and_names_what_it_dropped(tmp_path, dataset_dir):
     job = _job("turbo", tmp_path, dataset_dir)
     overrides = ["model.name_or_path=builtin:tiny", "model.assistant_lora_path=null", "model.dtype=fp32",
+                 "model.quantize=false", "model.quantize_te=false",
                  "job.device=cpu", "train.optimizer=adamw", "train.steps=2", "train.gradient_checkpointing=false",
                  "datasets.0.resolution=[32]", "sample.prompts=[]", "network.linear=4", "network.linear_alpha=4"]  # fmt: skip
     r = subprocess.run([*ZLORA, "train", str(job), *overrides], capture_output=True, text=True)

@@ -63,6 +63,7 @@ def run_bench(size: str, res: int, batch_size: int, rank: int, steps: int, warmu
               overrides: list[str]) -> dict:  # fmt: skip
     from zlora.config import apply_overrides, parse_config
     from zlora.models import zimage
+    from zlora.models.quantize import weight_bytes
     from zlora.models.tiny import bench_model_path
     from zlora.train.speed import peak_memory_gib
     from zlora.train.trainer import Trainer
@@ -129,7 +130,7 @@ def run_bench(size: str, res: int, batch_size: int, rank: int, steps: int, warmu
         tokens = (h // 2) * (w // 2) + caps[0].shape[0]
         flops = _step_flops(trainer.transformer, tokens, cfg.train.gradient_checkpointing) * len(x0)
         peak_tflops = matmul_peak_tflops(dev)
-        weights = sum(p.numel() * p.element_size() for p in trainer.transformer.parameters()) / 2**30
+        weights = weight_bytes(trainer.transformer) / 2**30
     achieved = flops / trainer_s / 1e12
     return {
         "size": size, "device": str(dev), "dtype": str(trainer.dtype).removeprefix("torch."), "res": res,
@@ -149,7 +150,7 @@ def report(r: dict) -> str:
         f"bare floor:    {r['floor_s_per_step']:.4f} s/step   ratio floor/trainer {r['ratio']:.3f}",
         f"throughput:    {r['achieved_tflops']:.2f} TFLOP/s achieved (estimate), matmul peak {r['peak_tflops']:.2f},"
         f" MFU {100 * r['mfu']:.1f}%",
-        f"memory:        peak {r['peak_mem_gib']:.2f} GiB, transformer weights {r['weights_gib']:.2f} GiB",
+        f"memory:        peak {r['peak_mem_gib']:.2f} GiB, transformer weights {r['weights_gib']:.3f} GiB",
     ])  # fmt: skip
 
 

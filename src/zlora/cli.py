@@ -486,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
         for noisy in ("httpx", "httpcore", "urllib3", "filelock", "PIL", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        from zlora.utils.quiet import quiet_torchao  # before any library imports torchao
+
+        quiet_torchao()
         return args.func(args)
     except UserError as e:
         for line in e.problems:

@@ -27,8 +27,6 @@ UNSUPPORTED = {
     "train.bypass_guidance_embedding": "", "train.linear_timesteps": "", "train.linear_timesteps2": "",
     "train.force_first_sample": "", "train.weight_jitter": "", "train.blank_prompt_preservation": "",
     "model.low_vram": "", "model.layer_offloading": "not yet", "model.model_kwargs": "",
-    "model.quantize": "quantization is not supported yet", "model.qtype": "quantization is not supported yet",
-    "model.quantize_te": "quantization is not supported yet", "model.qtype_te": "quantization is not supported yet",
     "model.is_flux": "", "model.lora_path": "",
     "sample.sampler": "previews always use the model's own scheduler", "sample.num_frames": "images only",
     "sample.fps": "images only",

@@ -78,6 +78,19 @@ class ModelConfig(Section):
 
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Weight/compute dtype of the frozen base model. ``auto``: bf16 on CUDA, fp32 on CPU."""
+    quantize: bool = False
+    """Store the transformer's block weights quantized (``qtype``; torchao weight-only: computed in ``dtype``),
+    about half the memory of bf16 for float8/int8. The LoRA trains on top in full precision."""
+    qtype: Literal["float8", "qfloat8", "int8", "none"] = "float8"
+    """float8 (also ai-toolkit's ``qfloat8``) or int8 weight-only; ``none`` turns ``quantize`` off."""
+    quantize_te: bool = False
+    """Store the text encoder's weights quantized too (``qtype_te``); it only encodes captions."""
+    qtype_te: Literal["float8", "qfloat8", "int8", "none"] = "float8"
+
+    @field_validator("qtype", "qtype_te")
+    @classmethod
+    def _aitk_qtype(cls, v: str) -> str:
+        return "float8" if v == "qfloat8" else v
 
 
 class NetworkConfig(Section):

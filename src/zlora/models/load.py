@@ -94,7 +94,10 @@ def resolve_file_ref(ref: str, field: str, settings: HubSettings | None = None) 
 
 def quiet_libraries() -> None:
     """No per-shard / per-component progress bars from transformers and diffusers (imported only when a model
-    is loaded, which keeps `zlora` start-up short)."""
+    is loaded, which keeps `zlora` start-up short), no notes from torchao that do not apply."""
+    from zlora.utils.quiet import quiet_torchao
+
+    quiet_torchao()
     from diffusers.utils import logging as df_logging
     from transformers.utils import logging as hf_logging
 

@@ -27,6 +27,7 @@ from zlora.models.load import (
     resolve_file_ref,
     resolve_model,
 )
+from zlora.models.quantize import quantize_weights
 from zlora.train import checkpoint, distributed, resume
 from zlora.train.metrics import MetricsLog, plot_loss
 from zlora.train.network import USER_LORA, add_user_lora, load_training_adapter, set_active
@@ -83,6 +84,8 @@ class Trainer:
             torch.cuda.empty_cache()
 
         self.transformer = self.parts.transformer.to(self.device)
+        if cfg.model.quantize:
+            quantize_weights(self.transformer, cfg.model.qtype, "model.quantize")
         add_user_lora(self.transformer, cfg.network, cfg.train.seed)
         if cfg.train.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
@@ -123,6 +126,8 @@ class Trainer:
             self.parts.tokenizer, self.parts.text_encoder = load_text_encoder(
                 self.model_ref.folder, self.dtype
             )
+            if self.cfg.model.quantize_te:
+                quantize_weights(self.parts.text_encoder, self.cfg.model.qtype_te, "model.quantize_te", False)
         self.parts.text_encoder.to(self.device)
         return self.parts.tokenizer, self.parts.text_encoder
 
