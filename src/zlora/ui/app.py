@@ -52,7 +52,7 @@ PANELS = [
         "train.batch_size", "train.steps", "train.gradient_accumulation", "train.optimizer", "train.lr",
         "train.weight_decay", "train.lr_scheduler", "train.lr_warmup_steps", "train.loss_type",
         "train.timestep_type", "train.timestep_bias", "train.ema_config.use_ema", "train.ema_config.ema_decay",
-        "train.cache_text_embeddings", "train.unload_text_encoder", "train.gradient_checkpointing",
+        "train.cache_text_embeddings", "train.unload_text_encoder", "train.gradient_checkpointing", "train.compile",
         "train.diff_output_preservation", "train.diff_output_preservation_class",
         "train.diff_output_preservation_multiplier", "train.seed"]},
     {"id": "datasets", "title": "Datasets", "list": "datasets", "fields": [
