@@ -101,7 +101,7 @@ def run_bench(size: str, res: int, batch_size: int, rank: int, steps: int, warmu
             idx = trainer.order.next_batch()
             x0 = trainer.data.latents(idx, trainer.parts.vae)
             caps = trainer.data.captions(idx, trainer.generator)
-            params = trainer.params
+            params = [p for p in trainer.transformer.parameters() if p.requires_grad]  # the model's own LoRA
             opt = torch.optim.AdamW(params, lr=1e-4)
             sig = torch.full((len(x0),), 0.5, device=dev)
 

@@ -187,6 +187,9 @@ class TrainConfig(Section):
     differential_guidance_scale: float = Field(3.0, gt=0)
     seed: int = 42
     gradient_checkpointing: bool = True
+    lora_precision: Literal["auto", "fp32"] = "auto"
+    """``auto``: with a bf16/fp16 base the LoRA computes in that dtype (no casts around every LoRA module) and the
+    optimizer keeps fp32 master weights; ``fp32``: LoRA weights and compute in fp32 (peft's default)."""
     compile: bool | Literal["auto"] = "auto"
     """Regional ``torch.compile`` of the transformer's repeated blocks (diffusers' ``compile_repeated_blocks``).
     ``auto``: on for CUDA, off on CPU. The first steps are slower (warm-up, logged); if compilation fails (no C

@@ -35,3 +35,29 @@ def peak_memory_gib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
+class MasterWeights:
+    """fp32 master copies of the LoRA weights the model holds in its compute dtype (bf16/fp16).
+
+    peft keeps LoRA weights in fp32 by default, so every activation entering a LoRA module is cast to fp32 and the
+    result back (thousands of casts per step). Here the model's LoRA weights are in the compute dtype, and the
+    optimizer, gradient clipping, EMA and checkpoints work on fp32 masters: after backward the gradients move to the
+    masters, after the optimizer step the masters are copied back (one cast per weight per step)."""
+
+    def __init__(self, model_params: list[torch.nn.Parameter], dtype: torch.dtype):
+        self.model = model_params
+        self.master = [torch.nn.Parameter(p.detach().float().clone()) for p in model_params]
+        with torch.no_grad():
+            for p in model_params:
+                p.data = p.data.to(dtype)
+
+    def grads_to_master(self) -> None:
+        for p, m in zip(self.model, self.master, strict=True):
+            m.grad = None if p.grad is None else p.grad.float()
+            p.grad = None
+
+    @torch.no_grad()
+    def to_model(self) -> None:
+        for p, m in zip(self.model, self.master, strict=True):
+            p.copy_(m)

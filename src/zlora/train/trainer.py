@@ -33,7 +33,7 @@ from zlora.train.metrics import MetricsLog, plot_loss
 from zlora.train.network import USER_LORA, add_user_lora, load_training_adapter, set_active
 from zlora.train.optim import make_optimizer, make_scheduler
 from zlora.train.sampling import render_previews
-from zlora.train.speed import compile_blocks, peak_memory_gib
+from zlora.train.speed import MasterWeights, compile_blocks, peak_memory_gib
 from zlora.train.stop import GracefulStop, TrainingInterrupted  # noqa: F401 - TrainingInterrupted: public here
 from zlora.train.timesteps import guided_target, loss_weights, sample_loss, sample_sigmas
 from zlora.utils.io import USER_WRITE_ERRNOS, WriteError, make_dirs, write_error
@@ -93,7 +93,16 @@ class Trainer:
             load_training_adapter(self.transformer, self.adapter_path)
         self._use_adapter(training=True)
         self.compiled = compile_blocks(self.transformer, cfg.train.compile, self.device)
-        self.params = [p for p in self.transformer.parameters() if p.requires_grad]
+        lora = {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
+        self.masters = None
+        if cfg.train.lora_precision == "auto" and self.dtype != torch.float32:
+            with torch.no_grad():  # the frozen training adapter computes in the same dtype
+                for n, p in self.transformer.named_parameters():
+                    if "lora_" in n and n not in lora:
+                        p.data = p.data.to(self.dtype)
+            self.masters = MasterWeights(list(lora.values()), self.dtype)
+        self.params = self.masters.master if self.masters else list(lora.values())  # what the optimizer steps
+        self.named_params = dict(zip(lora, self.params, strict=True))
         self.optimizer = make_optimizer(cfg.train, self.params, self.device)
         self.lr_scheduler = make_scheduler(cfg.train, self.optimizer, cfg.train.steps)
         self.ema = None
@@ -103,6 +112,11 @@ class Trainer:
             self.ema = EMAModel(self.params, decay=cfg.train.ema_config.ema_decay)
         self.order = self.data.order(self.dist.world)  # global batches; each process trains its share
         self.generator = torch.Generator(self.device).manual_seed(cfg.train.seed)
+        # Caption dropout decides on the host which embedding to use: drawn on the device, that is a sync per step.
+        # On CPU it is the same generator (as before); on a GPU a host generator of its own, checkpointed too.
+        self.host_generator = (
+            self.generator if self.device.type == "cpu" else torch.Generator().manual_seed(cfg.train.seed)
+        )
         self._resume()
         # Only now does the run really start or resume: a failed start leaves the run folder as it was.
         self.metrics = None  # only the main process writes the run folder
@@ -145,10 +159,17 @@ class Trainer:
             return
         self.ema.store(self.params)
         self.ema.copy_to(self.params)
+        self._sync_model()
         try:
             yield
         finally:
             self.ema.restore(self.params)
+            self._sync_model()
+
+    def _sync_model(self) -> None:
+        """The model's low-precision LoRA weights from the fp32 masters (no-op without masters)."""
+        if self.masters is not None:
+            self.masters.to_model()
 
     def _resume(self) -> None:
         found = checkpoint.latest_checkpoint(self.ckpt_root)
@@ -168,6 +189,7 @@ class Trainer:
         with torch.no_grad():
             for name, p in named.items():
                 p.copy_(state["lora"][name])
+        self._sync_model()
         changed = lambda *prefixes: any(k.startswith(prefixes) for k in self.forced)  # noqa: E731
         if changed("train.optimizer"):
             log.warning("--force-resume: new optimizer settings, so its state starts fresh")
@@ -201,6 +223,8 @@ class Trainer:
                 )
         if not changed("train.seed"):
             self.generator.set_state(state["rng"]["generator"])
+            if self.host_generator is not self.generator and "host" in state["rng"]:
+                self.host_generator.set_state(state["rng"]["host"])
             torch.set_rng_state(state["rng"]["torch"])
             if self.device.type == "cuda" and "cuda" in state["rng"]:
                 torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
@@ -262,7 +286,7 @@ class Trainer:
         flat = [i for b in batches for i in b]
         # All randomness of the step is drawn first, in sample order: 2 batches of 1 draw what 1 batch of 2 does,
         # and so do 2 processes with 1 sample each.
-        caps = self.data.captions(flat, self.generator)  # (L_i, D) each: caption lengths differ
+        caps = self.data.captions(flat, self.host_generator)  # (L_i, D) each: caption lengths differ
         sigmas = sample_sigmas(cfg, len(flat), self.generator, self.device)
         noise = [torch.randn(self.data.latent_shape(i, self.parts.vae), generator=self.generator, device=self.device)
                  for i in flat]  # (C, h, w) each  # fmt: skip
@@ -280,11 +304,14 @@ class Trainer:
             loss = self._loss(mine, x0, noise[share], sigmas[share], caps[share]) * (len(mine) / len(flat))
             loss.backward()
             total += loss.detach().float()  # on the device: the step's one host sync is below
+        if self.masters is not None:
+            self.masters.grads_to_master()
         total, stops = self.dist.all_reduce(self.params, total, float(self.stop.signal is not None))
         self._stop_agreed = stops > 0  # every process stops after the same step
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
+        self._sync_model()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
@@ -351,12 +378,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ save
     def _lora_params(self) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
+        """The trained LoRA weights by the model's parameter names (the fp32 masters when there are masters)."""
+        return self.named_params
 
     def _lora_state(self) -> dict[str, torch.Tensor]:
-        from peft.utils import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.transformer, adapter_name=USER_LORA)
+        """peft's state-dict names (``...to_q.lora_A.weight``), full precision."""
+        return {n.replace(f".{USER_LORA}.", "."): p for n, p in self.named_params.items()}
 
     def write_lora(self, path: Path) -> None:
         """The LoRA as users load it: the EMA weights when EMA is on."""
@@ -377,6 +404,8 @@ class Trainer:
         if not self.dist.main:  # every process holds the same state; one writes it
             return self.ckpt_root / checkpoint.step_dir_name(self.step)
         rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if self.host_generator is not self.generator:
+            rng["host"] = self.host_generator.get_state()
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {
