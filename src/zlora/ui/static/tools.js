@@ -129,7 +129,8 @@ async function lorasPage() {
   }
   function addInput() {
     mergeBox.append(el("div", {class: "toolbar merge-input"}, el("select", {}, loras.map((l) => el("option", {value: l.lora}, l.name))),
-      el("input", {type: "number", value: 0.5, step: "any", class: "merge-weight"})));
+      el("input", {type: "number", value: 0.5, step: "any", class: "merge-weight"}),
+      el("input", {type: "text", class: "merge-layers", placeholder: "layers, e.g. 0-9:0.5 (this input only)"})));
   }
   upload.addEventListener("change", async () => {
     const form = new FormData(); form.append("file", upload.files[0]);
@@ -159,7 +160,8 @@ async function lorasPage() {
   }
   async function convert() { const r = await call("/api/lora/convert", {lora: pick.value, to: to.value}); if (r) result(r); }
   async function merge() {
-    const inputs = [...mergeBox.querySelectorAll(".merge-input")].map((d) => ({lora: d.querySelector("select").value, weight: Number(d.querySelector("input").value)}));
+    const inputs = [...mergeBox.querySelectorAll(".merge-input")].map((d) => ({lora: d.querySelector("select").value,
+      weight: Number(d.querySelector(".merge-weight").value), layers: d.querySelector(".merge-layers").value}));
     const r = await call("/api/lora/merge", {inputs, rank: rank.value ? Number(rank.value) : null}); if (r) result(r);
   }
   await refresh(); addInput(); addInput();
