@@ -71,6 +71,25 @@ def save_checkpoint(
     return final
 
 
+def get_rng(generator: torch.Generator, host: torch.Generator, device: torch.device) -> dict:
+    """Every random state a step draws from: the training generator, the host one (when separate), torch's."""
+    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if host is not generator:
+        rng["host"] = host.get_state()
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def set_rng(rng: dict, generator: torch.Generator, host: torch.Generator, device: torch.device) -> None:
+    generator.set_state(rng["generator"])
+    if host is not generator and "host" in rng:
+        host.set_state(rng["host"])
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
 def fast_forward(lr_scheduler, step: int) -> None:
     """Advance a fresh LR scheduler to ``step`` (schedules are functions of the step alone)."""
     import warnings

@@ -84,6 +84,29 @@ def check(old: dict, new: dict, checkpoint: Path, force: bool) -> dict[str, tupl
     return found
 
 
+def restore_optimizer(optimizer, lr_scheduler, state: dict, step: int, forced: dict) -> None:
+    """The checkpoint's optimizer and LR schedule; after a --force-resume, the new settings from this step on:
+    moments kept unless the optimizer changed, hyperparameters and the schedule (rebuilt at ``step``) new."""
+    import logging
+
+    from zlora.train.checkpoint import fast_forward
+
+    if any(k.startswith("train.optimizer") for k in forced):
+        logging.getLogger(__name__).warning(
+            "--force-resume: new optimizer settings, so its state starts fresh"
+        )
+    else:
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        optimizer.load_state_dict(state["optimizer"])
+        if forced:  # the state's moments stay; lr, weight decay, betas ... are the new ones
+            for group, settings in zip(optimizer.param_groups, fresh, strict=True):
+                group.update(settings)
+    if forced:  # the new schedule at this step (the saved one holds the old base LR)
+        fast_forward(lr_scheduler, step)
+    else:
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+
+
 def keep_old_config(run_dir: Path, new_text: str, step: int) -> None:
     """``config.yaml`` describes the current run; the one it replaces (if different) stays as ``config.<step>.yaml``
     (the step at which it stopped applying)."""

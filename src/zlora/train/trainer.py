@@ -191,18 +191,7 @@ class Trainer:
                 p.copy_(state["lora"][name])
         self._sync_model()
         changed = lambda *prefixes: any(k.startswith(prefixes) for k in self.forced)  # noqa: E731
-        if changed("train.optimizer"):
-            log.warning("--force-resume: new optimizer settings, so its state starts fresh")
-        else:
-            fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.forced:  # the state's moments stay; lr, weight decay, betas ... are the new ones
-                for group, settings in zip(self.optimizer.param_groups, fresh, strict=True):
-                    group.update(settings)
-        if self.forced:  # the new schedule at this step (the saved one holds the old base LR)
-            checkpoint.fast_forward(self.lr_scheduler, step)
-        else:
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        resume.restore_optimizer(self.optimizer, self.lr_scheduler, state, step, self.forced)
         if changed("datasets", "train.batch_size", "train.seed", "job.trigger_word"):
             log.warning("--force-resume: the data changed, so the sample order starts a new epoch plan")
         else:
@@ -222,12 +211,7 @@ class Trainer:
                     f"{path} was trained without EMA; set train.ema_config.use_ema=false or start anew"
                 )
         if not changed("train.seed"):
-            self.generator.set_state(state["rng"]["generator"])
-            if self.host_generator is not self.generator and "host" in state["rng"]:
-                self.host_generator.set_state(state["rng"]["host"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if self.device.type == "cuda" and "cuda" in state["rng"]:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+            checkpoint.set_rng(state["rng"], self.generator, self.host_generator, self.device)
         self.step = step
         log.info("resumed from %s (step %d)%s", path, step,
                  f"; --force-resume applies {len(self.forced)} changed settings" if self.forced else "")  # fmt: skip
@@ -403,11 +387,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         if not self.dist.main:  # every process holds the same state; one writes it
             return self.ckpt_root / checkpoint.step_dir_name(self.step)
-        rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
-        if self.host_generator is not self.generator:
-            rng["host"] = self.host_generator.get_state()
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        rng = checkpoint.get_rng(self.generator, self.host_generator, self.device)
         state = {
             "step": self.step,
             "lora": {n: p.detach().cpu().clone() for n, p in self._lora_params().items()},
