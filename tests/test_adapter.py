@@ -30,9 +30,15 @@ def adapter_file(tmp_path_factory, tiny_dir) -> str:
 
 
 def _trainer(
-    make_config, adapter: str | None, steps: int = 3, name: str = "t", dtype: str = "fp32"
+    make_config,
+    adapter: str | None,
+    steps: int = 3,
+    name: str = "t",
+    dtype: str = "fp32",
+    quantize: bool = False,
 ) -> Trainer:
     model = {"assistant_lora_path": adapter, "dtype": dtype} if adapter else {"dtype": dtype}
+    model["quantize"] = quantize
     cfg = make_config({"model": model, "train": {"steps": steps, "lr": 1e-2}, "job": {"name": name}})
     t = Trainer(cfg)
     t.setup()
@@ -76,11 +82,13 @@ def test_adapter_is_active_in_training_frozen_and_never_saved(make_config, adapt
     assert any(not torch.equal(tensors[k], plain[k]) for k in tensors), "training with the adapter differs"
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_previews_equal_base_plus_user_lora_without_the_adapter_exactly(make_config, adapter_file, dtype):
-    """Also with the base stored in bf16: the adapter is a separate adapter, never merged into (and subtracted
-    from) low-precision weights, so nothing drifts."""
-    t = _trainer(make_config, adapter_file, dtype=dtype)
+@pytest.mark.parametrize("dtype,quantize", [("fp32", False), ("bf16", False), ("bf16", True)])
+def test_previews_equal_base_plus_user_lora_without_the_adapter_exactly(
+    make_config, adapter_file, dtype, quantize
+):
+    """Also with the base stored in bf16, or quantized to float8: the adapter is a separate adapter, never merged
+    into (and subtracted from) low-precision weights, so nothing drifts."""
+    t = _trainer(make_config, adapter_file, dtype=dtype, quantize=quantize)
     assert t.transformer.get_submodule("layers.0.attention.to_k").weight.dtype == t.dtype
     t.train()
     t.transformer.eval()
