@@ -98,12 +98,14 @@ def convert_lora(src: str | Path, dst: str | Path, fmt: str, overwrite: bool = F
     """Rewrite ``src`` in format ``fmt`` (or a consumer's name for it); metadata is kept. Returns the source
     format."""
     check_output(dst, [src], overwrite=overwrite)
-    modules, source, meta = _read(src)
+    modules, source, meta = read_lora_modules(src)
     write_lora(modules, dst, fmt, {**meta, "converted_from": source})
     return source
 
 
-def _read(path: str | Path, allow_foreign: bool = False) -> tuple[dict[str, LoraModule], str, dict[str, str]]:
+def read_lora_modules(
+    path: str | Path, allow_foreign: bool = False
+) -> tuple[dict[str, LoraModule], str, dict[str, str]]:
     tensors, meta = read_lora(path)
     fmt = detect_format(list(tensors), allow_foreign)
     return read_modules(tensors, fmt, meta), fmt, meta
@@ -123,7 +125,7 @@ def write_lora(modules: dict[str, LoraModule], dst: str | Path, fmt: str, meta: 
 def scale_lora(src: str | Path, dst: str | Path, mult: Multipliers, overwrite: bool = False,
                allow_foreign: bool = False) -> None:  # fmt: skip
     check_output(dst, [src], overwrite=overwrite)
-    modules, fmt, meta = _read(src, allow_foreign)
+    modules, fmt, meta = read_lora_modules(src, allow_foreign)
     check_multipliers(modules, mult, str(src))
     write_lora(scale(modules, mult), dst, fmt, meta)
 
@@ -146,7 +148,10 @@ def merge_loras(
     _check_rank(rank)
     check_output(dst, [p for p, _ in inputs], overwrite=overwrite)
     mults = multipliers or [Multipliers() for _ in inputs]
-    read = [(_read(path, allow_foreign), m, weight) for (path, weight), m in zip(inputs, mults, strict=True)]
+    read = [
+        (read_lora_modules(path, allow_foreign), m, weight)
+        for (path, weight), m in zip(inputs, mults, strict=True)
+    ]
     kinds = {fmt == "foreign" for (_, fmt, _), _, _ in read}
     if len(kinds) > 1:
         raise UserError(
@@ -168,7 +173,7 @@ def resize_lora(src: str | Path, dst: str | Path, rank: int, overwrite: bool = F
                 allow_foreign: bool = False) -> dict[str, float]:  # fmt: skip
     _check_rank(rank)
     check_output(dst, [src], overwrite=overwrite)
-    modules, fmt, meta = _read(src, allow_foreign)
+    modules, fmt, meta = read_lora_modules(src, allow_foreign)
     resized, kept = reduce_rank(modules, rank)
     write_lora(resized, dst, fmt, {**meta, "rank": str(rank)})
     return kept
@@ -182,7 +187,7 @@ def bake_loras(
 
     folder = resolve_model(base).folder
     check_output(out, [p for p, _ in inputs], overwrite=overwrite, read_folders=[folder])
-    return bake(folder, [(_read(path)[0], weight) for path, weight in inputs], Path(out))
+    return bake(folder, [(read_lora_modules(path)[0], weight) for path, weight in inputs], Path(out))
 
 
 def extract_lora(

@@ -71,6 +71,13 @@ def save_checkpoint(
     return final
 
 
+def lora_metadata(cfg, step: int) -> dict[str, object]:
+    """What a saved LoRA says about itself (base model, step, trigger word, targets, run name)."""
+    return {"base_model": cfg.model.name_or_path, "arch": cfg.model.arch, "step": str(step),
+            "trigger_word": cfg.job.trigger_word or "", "target_modules": cfg.network.target_modules,
+            "target_blocks": cfg.network.target_blocks, "name": cfg.job.name}  # fmt: skip
+
+
 def get_rng(generator: torch.Generator, host: torch.Generator, device: torch.device) -> dict:
     """Every random state a step draws from: the training generator, the host one (when separate), torch's."""
     rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}

@@ -61,3 +61,18 @@ class MasterWeights:
     def to_model(self) -> None:
         for p, m in zip(self.model, self.master, strict=True):
             p.copy_(m)
+
+
+def trainable_params(transformer: torch.nn.Module, precision: str, dtype: torch.dtype):
+    """(masters or None, {model parameter name: the tensor the optimizer steps}) for the user LoRA. With
+    ``precision == "auto"`` and a low-precision base, the model's LoRA weights (the frozen training adapter's too)
+    move to ``dtype`` and fp32 masters are what trains."""
+    lora = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
+    if precision != "auto" or dtype == torch.float32:
+        return None, lora
+    with torch.no_grad():  # the frozen training adapter computes in the same dtype
+        for n, p in transformer.named_parameters():
+            if "lora_" in n and n not in lora:
+                p.data = p.data.to(dtype)
+    masters = MasterWeights(list(lora.values()), dtype)
+    return masters, dict(zip(lora, masters.master, strict=True))

@@ -33,7 +33,7 @@ from zlora.train.metrics import MetricsLog, plot_loss
 from zlora.train.network import USER_LORA, add_user_lora, load_training_adapter, set_active
 from zlora.train.optim import make_optimizer, make_scheduler
 from zlora.train.sampling import render_previews
-from zlora.train.speed import MasterWeights, compile_blocks, peak_memory_gib
+from zlora.train.speed import compile_blocks, peak_memory_gib, trainable_params
 from zlora.train.stop import GracefulStop, TrainingInterrupted  # noqa: F401 - TrainingInterrupted: public here
 from zlora.train.timesteps import guided_target, loss_weights, sample_loss, sample_sigmas
 from zlora.utils.io import USER_WRITE_ERRNOS, WriteError, make_dirs, write_error
@@ -93,16 +93,10 @@ class Trainer:
             load_training_adapter(self.transformer, self.adapter_path)
         self._use_adapter(training=True)
         self.compiled = compile_blocks(self.transformer, cfg.train.compile, self.device)
-        lora = {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
-        self.masters = None
-        if cfg.train.lora_precision == "auto" and self.dtype != torch.float32:
-            with torch.no_grad():  # the frozen training adapter computes in the same dtype
-                for n, p in self.transformer.named_parameters():
-                    if "lora_" in n and n not in lora:
-                        p.data = p.data.to(self.dtype)
-            self.masters = MasterWeights(list(lora.values()), self.dtype)
-        self.params = self.masters.master if self.masters else list(lora.values())  # what the optimizer steps
-        self.named_params = dict(zip(lora, self.params, strict=True))
+        self.masters, self.named_params = trainable_params(
+            self.transformer, cfg.train.lora_precision, self.dtype
+        )
+        self.params = list(self.named_params.values())  # what the optimizer steps (fp32 masters, if any)
         self.optimizer = make_optimizer(cfg.train, self.params, self.device)
         self.lr_scheduler = make_scheduler(cfg.train, self.optimizer, cfg.train.steps)
         self.ema = None
@@ -376,13 +370,8 @@ class Trainer:
             state = {
                 k: v.detach().clone() for k, v in self._lora_state().items()
             }  # before the weights return
-        save_lora(
-            path, state, rank=cfg.network.linear, alpha=cfg.network.linear_alpha,
-            dtype=SAVE_DTYPES[cfg.save.dtype],
-            metadata={"base_model": cfg.model.name_or_path, "arch": cfg.model.arch, "step": str(self.step),
-                      "trigger_word": cfg.job.trigger_word or "", "target_modules": cfg.network.target_modules,
-                      "target_blocks": cfg.network.target_blocks, "name": cfg.job.name},
-        )  # fmt: skip
+        save_lora(path, state, rank=cfg.network.linear, alpha=cfg.network.linear_alpha,
+                  dtype=SAVE_DTYPES[cfg.save.dtype], metadata=checkpoint.lora_metadata(cfg, self.step))  # fmt: skip
 
     def save_checkpoint(self) -> Path:
         if not self.dist.main:  # every process holds the same state; one writes it

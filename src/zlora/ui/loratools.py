@@ -141,11 +141,11 @@ def router(data_dir: Path, store) -> APIRouter:
 
     @api.post("/api/lora/inspect")
     def inspect(body: RefBody) -> dict:
-        from zlora.lora.tools import _read, delta_table, inspect_lora
+        from zlora.lora.tools import delta_table, inspect_lora, read_lora_modules
 
         path = resolve(body.lora)
         report = run(inspect_lora, path, True)
-        modules, fmt, _ = run(_read, path, True)
+        modules, fmt, _ = run(read_lora_modules, path, True)
         table, other = delta_table(modules)
         return {"report": report, "format": fmt, "table": table, "other": other}
 
