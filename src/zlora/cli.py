@@ -19,6 +19,7 @@ from zlora.cli_lora import (  # noqa: F401 - _parse_lora_arg: part of this modul
     cmd_lora_resize,
     cmd_lora_scale,
 )
+from zlora.cli_shapes import register as register_shapes
 from zlora.errors import UserError
 
 log = logging.getLogger("zlora")
@@ -42,6 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"LoRA:         {lora}")
     print(f"preview grid: {grid[-1] if grid else '(no sample.prompts set)'}")
     print(f"loss plot:    {run_dir / 'loss.png'}")
+    if cfg.model.name_or_path == "builtin:shapes" and grid:
+        print(f"judge scores: zlora shapes report {run_dir}")
     return 0
 
 
@@ -154,9 +157,12 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- generate
 def cmd_generate(args: argparse.Namespace) -> int:
-    from zlora.generate import generate_image, image_format, save_image
+    from zlora.generate import generate_image, image_format, sampling_defaults, save_image
     from zlora.utils.io import atomic_write, check_output
 
+    for k, v in sampling_defaults(args.model).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     loras = [_parse_lora_arg(x) for x in args.lora]
     fmt = image_format(args.output)
     check_output(args.output, [p for p, _ in loras], overwrite=args.overwrite)
@@ -222,16 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume even though settings changed since the checkpoint; the new ones apply from it")  # fmt: skip
 
     p = add(sub, "generate", "generate an image with a base model and LoRAs", cmd_generate, [writes])
-    p.add_argument("--model", required=True, help="hub id, diffusers folder or builtin:tiny")
+    p.add_argument("--model", required=True, help="hub id, diffusers folder, builtin:shapes or builtin:tiny")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
                    help="a LoRA .safetensors and its weight (default 1); repeat for several")  # fmt: skip
     p.add_argument("--prompt", required=True, help="the text to render")
     p.add_argument("--negative", default="", help="negative prompt (with --guidance > 0)")
-    p.add_argument("--steps", type=int, default=9, help="scheduler steps (Turbo: 9 = 8 DiT forwards)")
-    p.add_argument("--guidance", type=float, default=0.0, help="CFG scale (Turbo: 0; De-Turbo/Base: 2-4)")
+    p.add_argument("--steps", type=int, help="scheduler steps (default 9: Turbo's 8 DiT forwards; builtin:shapes 20)")  # fmt: skip
+    p.add_argument("--guidance", type=float,
+                   help="CFG scale (default 0 for Turbo; De-Turbo/Base: 2-4; builtin:shapes 3)")  # fmt: skip
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same image)")
-    p.add_argument("--width", type=int, default=1024, help="image width, a multiple of 16")
-    p.add_argument("--height", type=int, default=1024, help="image height, a multiple of 16")
+    p.add_argument("--width", type=int, help="image width, a multiple of 16 (default 1024; builtin:shapes 64)")  # fmt: skip
+    p.add_argument("--height", type=int, help="image height, a multiple of 16 (default 1024; builtin:shapes 64)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
@@ -252,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides, e.g. --set train.compile=false --set train.gradient_checkpointing=false")  # fmt: skip
     p.add_argument("--json", help="also write the results to this JSON file")
 
+    register_shapes(sub, add, writes)
     p = add(sub, "ui", "serve the web UI (New Training Job form, job queue, live progress)", cmd_ui)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (other than loopback: needs --token)"

@@ -44,12 +44,14 @@ class ResolvedModel:
 
 
 def resolve_model(ref: str, settings: HubSettings | None = None) -> ResolvedModel:
-    """``builtin:tiny`` | local diffusers folder | hub id ``org/name[@revision]`` -> local folder. A hub model
+    """``builtin:tiny`` | ``builtin:shapes`` | local diffusers folder | hub id ``org/name[@revision]`` -> local folder. A hub model
     complete in the models folder or the HF cache is used without any network request."""
     if ref == "builtin:tiny":
         from zlora.models.tiny import builtin_tiny_path
 
         return ResolvedModel(ref, builtin_tiny_path())
+    if ref == "builtin:shapes":
+        return ResolvedModel(ref, builtin_shapes_path())
     path = Path(ref).expanduser()
     if path.exists():
         if path.is_file():
@@ -70,6 +72,17 @@ def resolve_model(ref: str, settings: HubSettings | None = None) -> ResolvedMode
         raise UserError(f"`model.name_or_path` is neither a folder nor a hub id (org/name): {ref}")
     folder, commit = resolve_hub_model(ref, settings or hub_settings())
     return ResolvedModel(ref, folder, commit)
+
+
+def builtin_shapes_path() -> Path:
+    """The pretrained demo model shipped inside the package (examples/pretrain_shapes.py made it)."""
+    import zlora.shapes
+
+    folder = Path(zlora.shapes.__file__).parent / "model"
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"builtin:shapes is missing from this install ({folder}); reinstall zlora, or make it "
+                        "with: python examples/pretrain_shapes.py")  # fmt: skip
+    return folder
 
 
 def resolve_file_ref(ref: str, field: str, settings: HubSettings | None = None) -> Path:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 SIZE = 64
+# Where builtin:shapes' transformer saw its shapes (and the quickstart's stars are): centred within SPREAD, of a
+# size in SIZES. The VAE saw the whole range.
+SIZES, SPREAD = (0.5, 0.75), 0.12
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "orange": (250, 140, 20),
@@ -93,11 +96,18 @@ def render(scene: Scene, size: int = SIZE) -> Image.Image:
     return im.resize((size, size), Image.Resampling.BOX)
 
 
-def random_scene(rng: random.Random, shapes=SHAPES, two_tone: float = 0.25, sizes=(0.4, 0.75)) -> Scene:
+def random_scene(
+    rng: random.Random, shapes=SHAPES, two_tone: float = 0.25, sizes=(0.4, 0.75), spread: float | None = None
+) -> Scene:
+    """A random scene: shape and three distinct colours; the size drawn from ``sizes``; the centre anywhere the
+    shape fits, or within ``spread`` of the image centre."""
     shape = rng.choice(shapes)
     fg, bg, bg2 = rng.sample(list(COLOURS), 3)
     size = rng.uniform(*sizes)
-    cx, cy = (rng.uniform(size / 2 + 0.03, 1 - size / 2 - 0.03) for _ in range(2))
+    lo, hi = size / 2 + 0.03, 1 - size / 2 - 0.03
+    if spread is not None:
+        lo, hi = max(lo, 0.5 - spread), min(hi, 0.5 + spread)
+    cx, cy = (rng.uniform(lo, hi) for _ in range(2))
     tone = rng.random() < two_tone
     return Scene(shape, fg, bg, bg2 if tone else None, rng.random() < 0.5, cx, cy, size)
 

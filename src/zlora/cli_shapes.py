@@ -1,0 +1,117 @@
+"""``zlora shapes``: judge the pretrained demo model (builtin:shapes) and LoRAs trained on it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from zlora.errors import UserError
+
+
+def register(sub, add, writes) -> None:
+    shapes = add(sub, "shapes", "score builtin:shapes images with the pixel judge").add_subparsers(
+        dest="shapes_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = add(shapes, "eval", "prompt adherence of the base model; with --lora: concept and drift", cmd_eval)
+    p.add_argument("--model", default="builtin:shapes", help="the model to sample (default builtin:shapes)")
+    p.add_argument("--lora", metavar="FILE[:WEIGHT]", help="a LoRA trained on builtin:shapes")
+    p.add_argument("--trigger", default="zlr", help="the LoRA's trigger word (it names the concept: a star)")
+    p.add_argument("--prompts", type=int, default=64, help="prompts per set (every shape and colour in turn)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    p.add_argument("--steps", type=int, help="scheduler steps (default 20)")
+    p.add_argument("--guidance", type=float, help="CFG scale (default 3)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    p.add_argument("--json", help="also write the scores to this JSON file")
+    p.add_argument("--grid", help="also write a grid of the first 8 prompts x seeds per set (.png)")
+    p = add(shapes, "report", "the judge's scores per preview step of a training run", cmd_report)
+    p.add_argument("run_dir", help="run folder (output/<job.name>) of a run on builtin:shapes")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from zlora.cli_lora import _parse_lora_arg
+    from zlora.generate import load_pipeline
+    from zlora.models.load import resolve_device
+    from zlora.shapes.evaluate import SAMPLING, judge_images, sample_batch, summarise
+    from zlora.shapes.world import eval_prompts
+
+    if args.prompts < 1 or args.seeds < 1:
+        raise UserError("--prompts and --seeds must be at least 1")
+    steps = args.steps or SAMPLING["steps"]
+    guidance = SAMPLING["guidance"] if args.guidance is None else args.guidance
+    dev = resolve_device(args.device)
+    loras = [_parse_lora_arg(args.lora)] if args.lora else []
+    pipe = load_pipeline(args.model, loras, dev, torch.float32)
+    seeds = list(range(args.seeds))
+    plain = [p for p in eval_prompts(args.prompts) for _ in seeds]
+    trig = [p for p in eval_prompts(args.prompts, shape_word=args.trigger) for _ in seeds]
+    seed_list = seeds * args.prompts
+
+    def run(prompts):
+        return sample_batch(pipe, prompts, seed_list, steps, guidance, SAMPLING["width"], SAMPLING["height"])
+
+    sets = {}
+    if loras:
+        pipe.disable_lora()
+    sets["base"] = run(plain)
+    base_j = judge_images(sets["base"], plain, seed_list, args.trigger)
+    result = {"base": summarise(base_j), "model": args.model, "steps": steps, "guidance": guidance,
+              "images_per_set": len(plain)}  # fmt: skip
+    print(_line("base model", result["base"]))
+    if loras:
+        pipe.enable_lora()
+        sets["lora"], sets["lora_trigger"] = run(plain), run(trig)
+        base = {(j.prompt, j.seed): j.key() for j in base_j}
+        result["lora"] = summarise(judge_images(sets["lora"] + sets["lora_trigger"], plain + trig,
+                                                seed_list * 2, args.trigger), base)  # fmt: skip
+        result["lora_file"] = args.lora
+        print(_line(f"with {args.lora}", result["lora"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.grid:
+        _grid({k: v[: 8 * args.seeds] for k, v in sets.items()}, args.seeds).save(args.grid)
+        print(f"grid: {args.grid}")
+    return 0
+
+
+def _line(label: str, s: dict) -> str:
+    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    parts = [
+        f"adherence {pct(s['adherence'])} (colours {pct(s['colour_match'])}, shape {pct(s['shape_match'])})"
+    ]
+    if s.get("n_trigger"):
+        parts.append(f"concept {pct(s['concept'])} of {s['n_trigger']} trigger images")
+    if "drift" in s:
+        parts.append(f"drift {pct(s['drift'])} without the trigger")
+    return f"{label}: " + ", ".join(parts) + f" [{s['n_plain']} plain images]"
+
+
+def _grid(sets: dict, per_row: int):
+    from PIL import Image
+
+    rows = [ims[i : i + per_row * 4] for ims in sets.values() for i in range(0, len(ims), per_row * 4)]
+    w, h = rows[0][0].size
+    grid = Image.new("RGB", (w * max(map(len, rows)), h * len(rows)), "white")
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            grid.paste(im, (c * w, r * h))
+    return grid
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from zlora.train.metrics import read_metrics
+
+    path = Path(args.run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path} not found; give the run folder of a training run (output/<job.name>)")
+    rows = [r for r in read_metrics(path) if "judge" in r]
+    if not rows:
+        raise UserError(f"{path} has no judge scores: they are written at previews of runs on builtin:shapes")
+    print(f"{'step':>6}  {'adherence':>9}  {'concept':>7}  {'drift':>5}")
+    fmt = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    for r in rows:
+        j = r["judge"]
+        print(f"{r['step']:>6}  {fmt(j['adherence']):>9}  {fmt(j['concept']):>7}  {fmt(j.get('drift')):>5}")
+    return 0
