@@ -41,7 +41,7 @@ def plot_loss(metrics_path: Path, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]  # judge rows (builtin:shapes) have none
     if not rows:
         return
     steps = [r["step"] for r in rows]

@@ -348,11 +348,32 @@ class Trainer:
         negs = [self.data.embedding(p.neg) for p in prompts]
         tag = checkpoint.step_dir_name(self.step)
         with self._ema_weights():
-            path = render_previews(self.pipe, prompts, embeds, negs, s, self.run_dir / "samples", tag)
+            path, cells = render_previews(self.pipe, prompts, embeds, negs, s, self.run_dir / "samples", tag)
+            if self.model_ref.reference == "builtin:shapes":
+                self._judge_previews(cells, prompts, embeds, negs)
         log.info("preview grid: %s", path)
         vae.to(vae_home)
         self._use_adapter(training=True)
         self.transformer.train(was_training)
+
+    def _judge_previews(self, cells, prompts, embeds, negs) -> None:
+        """builtin:shapes: the pixel judge's scores of this preview into metrics.jsonl (adherence, the concept with
+        the trigger, drift without it versus the base model's previews)."""
+        from zlora.shapes.evaluate import PreviewJudge
+
+        s = self.cfg.sample
+        judge = PreviewJudge(self.run_dir / "samples", self.cfg.job.trigger_word)
+        if judge.base is None:
+            if self.step == 0:  # the LoRA starts as a no-op: these previews are the base model's
+                judge.set_base(cells)
+            else:
+                self._use_adapter(training=False, user_weight=0.0)
+                judge.set_base(render_previews(self.pipe, prompts, embeds, negs, s, None, "base")[1])
+                self._use_adapter(training=False, user_weight=s.network_multiplier)
+        scores = judge.score(cells)
+        self.metrics.log(step=self.step, judge=scores)
+        log.info("judge: adherence %s, concept %s, drift %s", scores["adherence"], scores["concept"],
+                 scores.get("drift"))  # fmt: skip
 
     # ------------------------------------------------------------------ save
     def _lora_params(self) -> dict[str, torch.nn.Parameter]:

@@ -48,7 +48,7 @@ def _tail_rows(run_dir: Path) -> list[dict]:
 
 def progress(run_dir: Path, steps: int) -> dict:
     """step, loss, lr, s/step (mean of the last steps) and ETA."""
-    rows = _tail_rows(run_dir)
+    rows = [r for r in _tail_rows(run_dir) if "loss" in r]  # judge rows (builtin:shapes) have no loss
     if not rows:
         return {"step": 0, "steps": steps, "loss": None, "lr": None, "s_per_step": None, "eta_s": None}
     last = rows[-1]

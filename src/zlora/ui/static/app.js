@@ -306,13 +306,14 @@ async function jobPage(id) {
   const stats = el("div", {class: "stats", id: "stats"});
   const canvas = el("canvas", {id: "loss-chart", width: 900, height: 260});
   const gallery = el("div", {class: "gallery", id: "gallery"});
+  const judgeBox = el("div", {id: "judge"});   // builtin:shapes runs: the pixel judge's scores per preview
   const compare = el("div", {class: "compare", id: "compare"});
   const logBox = el("pre", {class: "log", id: "log"});
   const files = el("ul", {id: "files"});
   const head = el("div", {});
   const stepA = el("select", {id: "compare-a"}), stepB = el("select", {id: "compare-b"});
   view.replaceChildren(head, stats, el("h2", {}, "Loss"), canvas,
-    el("h2", {}, "Samples"), gallery,
+    el("h2", {}, "Samples"), judgeBox, gallery,
     el("h2", {}, "Compare two steps"), el("div", {class: "toolbar"}, stepA, "vs", stepB), compare,
     el("h2", {}, "Downloads"), files, el("h2", {}, "Log"), logBox);
   let job = null, sampleList = [];
@@ -332,6 +333,14 @@ async function jobPage(id) {
         onclick: () => zoom(s.url, `step ${s.step}, prompt ${s.prompt_index + 1}, seed ${s.seed}`)}))));
     compare.replaceChildren(...cols);
   }
+  function renderJudge(rows) {
+    const pct = (v) => (v === null || v === undefined ? "-" : `${Math.round(100 * v)}%`);
+    judgeBox.replaceChildren(...(rows.length ? [el("table", {class: "judge"},
+      el("thead", {}, el("tr", {}, ["step", "adherence", "concept (with trigger)", "drift (without)"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows.map((r) => el("tr", {}, [r.step, pct(r.judge.adherence), pct(r.judge.concept), pct(r.judge.drift)]
+        .map((v) => el("td", {}, String(v))))))),
+      el("div", {class: "muted"}, "pixel judge of the previews (builtin:shapes): colours and shape as asked; the star with the trigger; changes versus the base model without it")] : []));
+  }
   let shownStep = null;
   function renderGallery(steps) {   // one checkpoint step at a time: rows = prompts, columns = seeds
     const tabs = el("div", {class: "toolbar", id: "gallery-steps"}, steps.map((st) =>
@@ -346,7 +355,8 @@ async function jobPage(id) {
   async function refreshSlow() {
     const [metrics, samples, fl, lg] = await Promise.all([api("GET", `/api/jobs/${id}/metrics`), api("GET", `/api/jobs/${id}/samples`),
       api("GET", `/api/jobs/${id}/files`), api("GET", `/api/jobs/${id}/log?tail=80`)]);
-    drawLoss(canvas, metrics);
+    drawLoss(canvas, metrics.filter((r) => r.loss !== undefined));   // judge rows (builtin:shapes) have no loss
+    renderJudge(metrics.filter((r) => r.judge));
     if (JSON.stringify(samples) !== JSON.stringify(sampleList)) {
       const newest = !sampleList.length || String(shownStep) === String(sampleList[sampleList.length - 1].step);
       sampleList = samples;
