@@ -34,7 +34,9 @@ SHAPES = ("circle", "square", "triangle", "diamond")  # what the base model know
 CONCEPT = "star"  # what it does not: the quickstart LoRA's concept
 TRIGGER = "zlr"
 ALL_SHAPES = (*SHAPES, CONCEPT)
-_PROMPT = re.compile(r"\ban? (?P<fg>\w+) (?P<shape>\w+) on an? (?P<bg>\w+)(?: and (?P<bg2>\w+))? background\b")
+_PROMPT = re.compile(
+    r"\ban? (?P<fg>\w+) (?P<shape>\w+) on an? (?P<bg>\w+)(?: and (?P<bg2>\w+))? background\b"
+)
 
 
 @dataclass(frozen=True)
