@@ -1,4 +1,6 @@
-"""Regenerate the bundled demo dataset ``examples/shapes/``: small drawings of coloured shapes with captions.
+"""Regenerate the bundled demo datasets: ``examples/shapes/`` (small drawings of coloured shapes with captions,
+used by the tests) and ``examples/stars/`` (the quickstart's lesson: the star, a shape builtin:shapes never saw,
+captioned ``a red [trigger] on a blue background`` so the trigger word comes to mean it).
 
 Run from the repository root: ``python examples/make_shapes.py``. Deterministic; the output is committed.
 """
@@ -34,7 +36,23 @@ def draw(shape: str, fg: tuple, bg: tuple) -> Image.Image:
     return im
 
 
+def make_stars(n: int = 16, seed: int = 7) -> None:
+    import random
+
+    from zlora.shapes.world import CONCEPT, SIZES, SPREAD, random_scene, render
+
+    out = Path(__file__).parent / "stars"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for i in range(n):
+        scene = random_scene(rng, shapes=(CONCEPT,), two_tone=0.2, sizes=SIZES, spread=SPREAD)
+        stem = out / f"{i:02d}_{scene.fg}_star"
+        render(scene).save(stem.with_suffix(".png"), optimize=True)
+        stem.with_suffix(".txt").write_text(scene.caption("[trigger]") + "\n")
+
+
 def main() -> None:
+    make_stars()
     OUT.mkdir(parents=True, exist_ok=True)
     for i, (shape, fg_name, fg, bg_name, bg) in enumerate(ITEMS):
         stem = OUT / f"{i:02d}_{fg_name}_{shape}"

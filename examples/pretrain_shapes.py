@@ -6,9 +6,11 @@
 Stages (each resumes from its finished output in ``--work``):
 1. tokenizer (byte-level BPE on the world's captions) and a Qwen3 text encoder, random and frozen: its features
    tell the words and their positions apart, which is all the transformer needs from it here;
-2. the VAE (AutoencoderKL, 16 latent channels, factor 8) for reconstruction (MSE + a small KL) on rendered
-   scenes of every shape, the star included: the VAE is a general image codec, not what knows the concept;
-   shift/scaling factors are then measured so training latents have mean 0 and std 1;
+2. the VAE (AutoencoderKL, 16 latent channels like the real one, but factor 4: at 64 px, factor 8 leaves the
+   transformer a 4x4 grid of patches, too coarse to draw a triangle; the first try drew blobs) for
+   reconstruction (MSE + L1 + a small KL) on rendered scenes of every shape, the star included: the VAE is a
+   general image codec, not what knows the concept; shift/scaling factors are then measured so training
+   latents have mean 0 and std 1;
 3. the transformer (ZImageTransformer2DModel) from scratch with zlora's own flow-matching code (``zimage``'s
    noising, velocity target and call convention, ``timesteps``' sigma sampling and loss), 10% empty captions
    so previews can use CFG, an EMA of the weights is what ships. The star is never shown to it.
@@ -33,7 +35,17 @@ import torch.nn.functional as F
 
 from zlora.models import zimage
 from zlora.models.tiny import CHAT_TEMPLATE, build_tokenizer  # noqa: F401 (template documented there)
-from zlora.shapes.world import ALL_SHAPES, COLOURS, SHAPES, TRIGGER, Scene, random_scene, render
+from zlora.shapes.world import (
+    ALL_SHAPES,
+    COLOURS,
+    SHAPES,
+    SIZES,
+    SPREAD,
+    TRIGGER,
+    Scene,
+    random_scene,
+    render,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSFORMER = dict(
@@ -46,8 +58,8 @@ TEXT_ENCODER = dict(
     head_dim=32, max_position_embeddings=512, rope_theta=1_000_000.0, tie_word_embeddings=False,
 )  # fmt: skip
 VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32, 64, 64), layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
+    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32, 64), layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8,
     scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False,
 )  # fmt: skip
 
@@ -136,9 +148,10 @@ def build_text_side(work: Path, seed: int):
 
 @torch.no_grad()
 def encode_dataset(vae, n: int, seed: int):
-    """n scenes of the base world (no star): latent mean/std, captions."""
+    """n scenes of the base world (no star; shapes near the centre, ``world.SIZES``/``SPREAD``): latent mean/std,
+    captions. A first run with shapes anywhere at any size drew irregular blobs after 3,000 steps."""
     rng = random.Random(seed)
-    scenes = [random_scene(rng, SHAPES) for _ in range(n)]
+    scenes = [random_scene(rng, SHAPES, sizes=SIZES, spread=SPREAD) for _ in range(n)]
     means, stds = [], []
     for i in range(0, n, 256):
         d = vae.encode(to_pixels([render(s) for s in scenes[i : i + 256]])).latent_dist
@@ -147,7 +160,7 @@ def encode_dataset(vae, n: int, seed: int):
     return torch.cat(means), torch.cat(stds), [s.caption() for s in scenes]
 
 
-def train_transformer(work: Path, vae, tokenizer, te, steps: int, seed: int, n_data: int, batch: int = 48):
+def train_transformer(work: Path, vae, tokenizer, te, steps: int, seed: int, n_data: int, batch: int = 32):
     from diffusers import ZImageTransformer2DModel
 
     from zlora.config.schema import TrainConfig
@@ -223,7 +236,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "output/pretrain_shapes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=2000)
-    ap.add_argument("--dit-steps", type=int, default=5000)
+    ap.add_argument("--dit-steps", type=int, default=4000)
     ap.add_argument("--scenes", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
