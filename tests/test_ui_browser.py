@@ -186,3 +186,32 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
         )
     finally:
         server.kill()
+
+
+def test_job_page_shows_the_judges_scores_of_a_builtin_shapes_run(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    stars = REPO / "examples" / "stars"
+    config = f"""
+job: {{name: shapes1, trigger_word: zlr, device: cpu}}
+model: {{name_or_path: "builtin:shapes", dtype: fp32}}
+network: {{linear: 4, linear_alpha: 4}}
+train: {{steps: 4, batch_size: 2, gradient_checkpointing: false}}
+datasets: [{{folder_path: {stars}, resolution: [64], cache_latents: false}}]
+sample: {{sample_every: 2, prompts: ["a red zlr on a blue background", "a red circle on a blue background"],
+          width: 64, height: 64, sample_steps: 4, guidance_scale: 3.0}}
+"""
+    server = UIServer(tmp_path / "ui").start()
+    try:
+        status, job = server.call("POST", "/api/jobs", {"config_yaml": config, "start": True})
+        assert status == 200, job
+        server.wait_job(job["id"], lambda j: j["status"] == "done", 180)
+        browser.get(f"{server.url}/#/jobs/{job['id']}")
+        rows = _wait(
+            lambda: browser.find_elements(By.CSS_SELECTOR, "#judge table tbody tr"), 20, "the judge table"
+        )
+        cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+        assert [c[0] for c in cells] == ["0", "2", "4"] and cells[0][3] == "0%", cells
+        assert browser.find_element(By.ID, "stat-step").text == "4 / 4"  # judge rows leave the progress alone
+    finally:
+        server.kill()
