@@ -138,6 +138,14 @@ def test_training_on_shapes_writes_the_judges_scores(tmp_path):
     r = subprocess.run([*ZLORA, "shapes", "report", str(run)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.split("\n")[1].split()[0] == "0", r.stdout + r.stderr
     assert len(r.stdout.strip().splitlines()) == 4
+    out = tmp_path / "eval.json"
+    r = subprocess.run([*ZLORA, "shapes", "eval", "--prompts", "2", "--seeds", "2", "--steps", "4", "--lora",
+                        str(run / "quickstart.safetensors"), "--json", str(out), "--grid", str(tmp_path / "g.png")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    scores = json.loads(out.read_text())
+    assert scores["base"]["n_plain"] == 4 and scores["lora"]["n_trigger"] == 4 and "drift" in scores["lora"]
+    assert Image.open(tmp_path / "g.png").size == (64 * 4, 64 * 3)  # base, LoRA, LoRA with the trigger
 
     job = shapes_job(tmp_path / "b", steps=2)
     r = subprocess.run([*ZLORA, "train", str(job), "sample.sample_every=2", "sample.skip_first_sample=true"],
