@@ -152,9 +152,10 @@ def test_ctrl_c_during_start_up_aborts_without_a_traceback(make_config, delay):
     data = make_config({"train": {"steps": 400}}, as_dict=True)
     path = Path(data["job"]["output_dir"]).parent / "c.yaml"
     path.write_text(yaml.safe_dump(data))
-    proc = subprocess.Popen(
-        [*ZLORA, "train", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    # As from a terminal: SIGINT at its default, even when this suite runs in a background job (a shell starts
+    # those with SIGINT ignored, and Python then installs no KeyboardInterrupt handler).
+    proc = subprocess.Popen([*ZLORA, "train", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
