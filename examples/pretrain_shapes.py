@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from zlora.models import zimage
-from zlora.models.tiny import CHAT_TEMPLATE, build_tokenizer  # noqa: F401 (template documented there)
+from zlora.models.tiny import TEXT_ENCODER_CONFIG, TRANSFORMER_CONFIG, VAE_CONFIG, build_tokenizer
 from zlora.shapes.world import (
     ALL_SHAPES,
     COLOURS,
@@ -48,20 +48,20 @@ from zlora.shapes.world import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TRANSFORMER = dict(
-    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=128, n_layers=6, n_refiner_layers=1,
-    n_heads=4, n_kv_heads=4, norm_eps=1e-5, qk_norm=True, cap_feat_dim=64, rope_theta=256.0, t_scale=1000.0,
-    axes_dims=[8, 12, 12], axes_lens=[256, 64, 64],
-)  # fmt: skip
-TEXT_ENCODER = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-    head_dim=32, max_position_embeddings=512, rope_theta=1_000_000.0, tie_word_embeddings=False,
-)  # fmt: skip
-VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32, 64), layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8,
-    scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False,
-)  # fmt: skip
+# builtin:tiny's configs, grown where the model has to learn something (and the VAE at factor 4, see above).
+TRANSFORMER = {**TRANSFORMER_CONFIG, "dim": 128, "n_layers": 6, "n_heads": 4, "n_kv_heads": 4, "cap_feat_dim": 64,
+               "axes_lens": [256, 64, 64]}  # fmt: skip
+TEXT_ENCODER = {**TEXT_ENCODER_CONFIG, "hidden_size": 64, "intermediate_size": 128, "head_dim": 32,
+                "max_position_embeddings": 512}  # fmt: skip
+VAE = {
+    **VAE_CONFIG,
+    "block_out_channels": (16, 32, 64),
+    "down_block_types": ("DownEncoderBlock2D",) * 3,
+    "up_block_types": ("UpDecoderBlock2D",) * 3,
+    "norm_num_groups": 8,
+    "scaling_factor": 1.0,
+    "shift_factor": 0.0,
+}  # fmt: skip  (the factors are measured after training)
 
 
 def log(work: Path, **row) -> None:
