@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides, e.g. --set train.compile=false --set train.gradient_checkpointing=false")  # fmt: skip
     p.add_argument("--json", help="also write the results to this JSON file")
 
-    register_shapes(sub, add, writes)
+    register_shapes(sub, add)
     p = add(sub, "ui", "serve the web UI (New Training Job form, job queue, live progress)", cmd_ui)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (other than loopback: needs --token)"

@@ -9,7 +9,7 @@ from pathlib import Path
 from zlora.errors import UserError
 
 
-def register(sub, add, writes) -> None:
+def register(sub, add) -> None:
     shapes = add(sub, "shapes", "score builtin:shapes images with the pixel judge").add_subparsers(
         dest="shapes_command", required=True, metavar="SUBCOMMAND"
     )
@@ -36,10 +36,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zlora.models.load import resolve_device
     from zlora.shapes.evaluate import SAMPLING, judge_images, sample_batch, summarise
     from zlora.shapes.world import eval_prompts
+    from zlora.utils.io import atomic_write, atomic_write_text
 
-    if args.prompts < 1 or args.seeds < 1:
-        raise UserError("--prompts and --seeds must be at least 1")
-    steps = args.steps or SAMPLING["steps"]
+    if args.prompts < 1 or args.seeds < 1 or (args.steps is not None and args.steps < 1):
+        raise UserError("--prompts, --seeds and --steps must be at least 1")
+    steps = SAMPLING["steps"] if args.steps is None else args.steps
     guidance = SAMPLING["guidance"] if args.guidance is None else args.guidance
     dev = resolve_device(args.device)
     loras = [_parse_lora_arg(args.lora)] if args.lora else []
@@ -69,22 +70,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["lora_file"] = args.lora
         print(_line(f"with {args.lora}", result["lora"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     if args.grid:
-        _grid({k: v[: 8 * args.seeds] for k, v in sets.items()}, args.seeds).save(args.grid)
+        grid = _grid({k: v[: 8 * args.seeds] for k, v in sets.items()}, args.seeds)
+        atomic_write(args.grid, lambda p: grid.save(p, format="PNG"))
         print(f"grid: {args.grid}")
     return 0
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
 def _line(label: str, s: dict) -> str:
-    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     parts = [
-        f"adherence {pct(s['adherence'])} (colours {pct(s['colour_match'])}, shape {pct(s['shape_match'])})"
+        f"adherence {_pct(s['adherence'])} (colours {_pct(s['colour_match'])}, shape {_pct(s['shape_match'])})"
     ]
     if s.get("n_trigger"):
-        parts.append(f"concept {pct(s['concept'])} of {s['n_trigger']} trigger images")
+        parts.append(f"concept {_pct(s['concept'])} of {s['n_trigger']} trigger images")
     if "drift" in s:
-        parts.append(f"drift {pct(s['drift'])} without the trigger")
+        parts.append(f"drift {_pct(s['drift'])} without the trigger")
     return f"{label}: " + ", ".join(parts) + f" [{s['n_plain']} plain images]"
 
 
@@ -110,8 +115,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not rows:
         raise UserError(f"{path} has no judge scores: they are written at previews of runs on builtin:shapes")
     print(f"{'step':>6}  {'adherence':>9}  {'concept':>7}  {'drift':>5}")
-    fmt = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     for r in rows:
         j = r["judge"]
-        print(f"{r['step']:>6}  {fmt(j['adherence']):>9}  {fmt(j['concept']):>7}  {fmt(j.get('drift')):>5}")
+        print(
+            f"{r['step']:>6}  {_pct(j['adherence']):>9}  {_pct(j['concept']):>7}  {_pct(j.get('drift')):>5}"
+        )
     return 0

@@ -4,7 +4,9 @@ same seed). Used by ``zlora shapes eval``, by the trainer at each preview, and b
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -76,7 +78,7 @@ def summarise(judged: list[Judged], base: dict[tuple[str, int], tuple] | None = 
 
 @torch.no_grad()
 def sample_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, width: int, height: int,
-                 embeds=None, neg_embeds=None, batch: int = 32) -> list[Image.Image]:  # fmt: skip
+                 batch: int = 32) -> list[Image.Image]:  # fmt: skip
     """Images for prompt/seed pairs through ZImagePipeline, ``batch`` at a time; each image's noise comes from its
     own seed, so an image does not depend on what else is in its batch."""
     device = pipe.transformer.device
@@ -84,13 +86,8 @@ def sample_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidanc
     for i in range(0, len(prompts), batch):
         part = slice(i, i + batch)
         gens = [torch.Generator(device).manual_seed(s) for s in seeds[part]]
-        kw = {"prompt": prompts[part]} if embeds is None else {"prompt_embeds": embeds[part]}
-        if guidance > 0:
-            if neg_embeds is not None:
-                kw["negative_prompt_embeds"] = neg_embeds[part]
-            elif embeds is None:
-                kw["negative_prompt"] = [""] * len(prompts[part])
-        images += pipe(**kw, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+        neg = [""] * len(prompts[part]) if guidance > 0 else None
+        images += pipe(prompt=prompts[part], negative_prompt=neg, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
                        generator=gens).images  # fmt: skip
     return images
 
@@ -100,23 +97,17 @@ class PreviewJudge:
     are the step-0 previews, or, when a run has none (resumed, ``skip_first_sample``), the same previews rendered
     with the user LoRA off; they are kept in ``samples/base_judge.json`` for later resumes."""
 
-    def __init__(self, samples_dir, trigger: str | None):
-        from pathlib import Path
-
+    def __init__(self, samples_dir: Path, trigger: str | None):
         self.path = Path(samples_dir) / "base_judge.json"
         self.trigger = trigger or TRIGGER
         self.base = self._load()
 
     def _load(self):
-        import json
-
         if not self.path.is_file():
             return None
         return {(r["prompt"], r["seed"]): tuple(r["key"]) for r in json.loads(self.path.read_text())}
 
     def set_base(self, cells) -> None:
-        import json
-
         from zlora.utils.io import atomic_write_text
 
         judged = judge_images(*self._unzip(cells), trigger=self.trigger)
@@ -126,6 +117,13 @@ class PreviewJudge:
 
     def score(self, cells) -> dict:
         return summarise(judge_images(*self._unzip(cells), trigger=self.trigger), self.base)
+
+    def preview_scores(self, step: int, cells, base_previews) -> dict:
+        """Scores of one preview; without base verdicts yet, step 0's previews are the base model's (the LoRA
+        starts as a no-op), later ones need ``base_previews()`` rendered with the LoRA off."""
+        if self.base is None:
+            self.set_base(cells if step == 0 else base_previews())
+        return self.score(cells)
 
     @staticmethod
     def _unzip(cells):

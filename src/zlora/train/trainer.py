@@ -362,15 +362,16 @@ class Trainer:
         from zlora.shapes.evaluate import PreviewJudge
 
         s = self.cfg.sample
-        judge = PreviewJudge(self.run_dir / "samples", self.cfg.job.trigger_word)
-        if judge.base is None:
-            if self.step == 0:  # the LoRA starts as a no-op: these previews are the base model's
-                judge.set_base(cells)
-            else:
-                self._use_adapter(training=False, user_weight=0.0)
-                judge.set_base(render_previews(self.pipe, prompts, embeds, negs, s, None, "base")[1])
-                self._use_adapter(training=False, user_weight=s.network_multiplier)
-        scores = judge.score(cells)
+        if getattr(self, "_judge", None) is None:  # one per run: base_judge.json is read once
+            self._judge = PreviewJudge(self.run_dir / "samples", self.cfg.job.trigger_word)
+
+        def base_previews():  # the same previews with the user LoRA off
+            self._use_adapter(training=False, user_weight=0.0)
+            cells = render_previews(self.pipe, prompts, embeds, negs, s, None, "base")[1]
+            self._use_adapter(training=False, user_weight=s.network_multiplier)
+            return cells
+
+        scores = self._judge.preview_scores(self.step, cells, base_previews)
         self.metrics.log(step=self.step, judge=scores)
         log.info("judge: adherence %s, concept %s, drift %s", scores["adherence"], scores["concept"],
                  scores.get("drift"))  # fmt: skip
