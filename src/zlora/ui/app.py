@@ -160,9 +160,13 @@ def create_app(
 
     @app.get("/api/schema")
     def schema() -> dict:
-        """The config schema (field types, defaults, help from the docstrings), the panels, the arch presets."""
+        """The config schema (field types, defaults, help from the docstrings), the panels, the arch presets, the
+        built-in models' sampling settings (the Generate page fills them)."""
+        from zlora.generate import sampling_defaults  # imports torch: not at server start-up
+
         return {"schema": Config.model_json_schema(), "panels": PANELS, "arch_presets": ARCH_PRESETS,
-                "adapters": TURBO_ADAPTERS, "default_output_dir": str(data_dir / "output")}  # fmt: skip
+                "adapters": TURBO_ADAPTERS, "default_output_dir": str(data_dir / "output"),
+                "builtin_sampling": {m: sampling_defaults(m) for m in ("builtin:shapes", "builtin:tiny")}}  # fmt: skip
 
     def _with_ui_defaults(data: dict) -> dict:
         data = json.loads(json.dumps(data))  # a private copy

@@ -55,15 +55,17 @@ class GenLora(BaseModel):
 
 
 class GenerateBody(BaseModel):
-    model: str = "builtin:tiny"
+    """Steps, guidance and size left out take the model's sampling defaults, as ``zlora generate`` does."""
+
+    model: str = "builtin:shapes"
     prompt: str
     negative: str = ""
     loras: list[GenLora] = Field(default_factory=list)
-    steps: int = Field(9, ge=1, le=200)
-    guidance: float = Field(0.0, ge=0, le=30)
+    steps: int | None = Field(None, ge=1, le=200)
+    guidance: float | None = Field(None, ge=0, le=30)
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    width: int = Field(1024, ge=16, le=4096, multiple_of=16)
-    height: int = Field(1024, ge=16, le=4096, multiple_of=16)
+    width: int | None = Field(None, ge=16, le=4096, multiple_of=16)
+    height: int | None = Field(None, ge=16, le=4096, multiple_of=16)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -210,8 +212,11 @@ def router(data_dir: Path, store) -> APIRouter:
 
     @api.post("/api/generate")
     def generate(body: GenerateBody) -> dict:
+        from zlora.generate import sampling_defaults
         from zlora.ui.loratools import resolve_ref
 
+        unset = {k: v for k, v in sampling_defaults(body.model).items() if getattr(body, k) is None}
+        body = body.model_copy(update=unset)
         argv = ["generate", "--model", body.model, "--prompt", body.prompt, "--negative", body.negative,
                 "--steps", str(body.steps), "--guidance", str(body.guidance), "--seed", str(body.seed),
                 "--width", str(body.width), "--height", str(body.height), "--device", body.device,

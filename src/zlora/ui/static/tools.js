@@ -226,9 +226,12 @@ async function generatePage() {
   const view = $("#view");
   const f = (id, attrs = {}) => el("input", {type: "text", id, ...attrs});
   const arch = el("select", {id: "gen-arch"}, Object.keys(s.arch_presets).map((a) => el("option", {value: a}, a)));
-  const model = f("gen-model", {value: "builtin:tiny"}), prompt = f("gen-prompt", {placeholder: "prompt"}), neg = f("gen-neg", {placeholder: "negative (with guidance > 0)"});
+  const model = f("gen-model", {value: "builtin:shapes"}), prompt = f("gen-prompt", {placeholder: "prompt"}), neg = f("gen-neg", {placeholder: "negative (with guidance > 0)"});
   const steps = f("gen-steps", {type: "number"}), guidance = f("gen-guidance", {type: "number", step: "any"}), seed = f("gen-seed", {type: "number", value: 42});
   const width = f("gen-width", {type: "number", value: 1024, step: 16}), height = f("gen-height", {type: "number", value: 1024, step: 16});
+  // a built-in model typed or left in the model field brings its own steps, guidance and size
+  const builtin = () => { const b = s.builtin_sampling[model.value.trim()]; if (b) { steps.value = b.steps; guidance.value = b.guidance; width.value = b.width; height.value = b.height; } };
+  model.addEventListener("change", builtin);
   const loraBox = el("div", {id: "gen-loras"});
   const msg = el("div", {class: "err", id: "gen-msg"}), result = el("div", {id: "gen-result"});
   const defaults = () => { const p = s.arch_presets[arch.value]; steps.value = p.sample_steps; guidance.value = p.guidance_scale; };
@@ -240,7 +243,7 @@ async function generatePage() {
     el("div", {class: "panel"}, el("h2", {}, "LoRAs (weight 0.6–0.8 is typical)"), loraBox,
       el("button", {class: "secondary", id: "gen-add-lora", onclick: addLora}, "Add LoRA"))),
     el("div", {class: "toolbar"}, el("button", {id: "gen-run", onclick: run}, "Generate")), msg, result);
-  defaults();
+  defaults(); builtin();
   const loras = await api("GET", "/api/loras");
   function addLora() {
     loraBox.append(el("div", {class: "toolbar gen-lora"}, el("select", {}, loras.map((l) => el("option", {value: l.lora}, l.name))),
