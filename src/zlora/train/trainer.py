@@ -28,11 +28,10 @@ from zlora.models.load import (
     resolve_model,
 )
 from zlora.models.quantize import quantize_weights
-from zlora.train import checkpoint, distributed, resume
+from zlora.train import checkpoint, distributed, previews, resume
 from zlora.train.metrics import MetricsLog, plot_loss
 from zlora.train.network import USER_LORA, add_user_lora, load_training_adapter, set_active
 from zlora.train.optim import make_optimizer, make_scheduler
-from zlora.train.sampling import render_previews
 from zlora.train.speed import compile_blocks, peak_memory_gib, trainable_params
 from zlora.train.stop import GracefulStop, TrainingInterrupted  # noqa: F401 - TrainingInterrupted: public here
 from zlora.train.timesteps import guided_target, loss_weights, sample_loss, sample_sigmas
@@ -333,48 +332,9 @@ class Trainer:
             [torch.mean((p.float() - q.float()) ** 2) for p, q in zip(pred, prior, strict=True)]
         ).mean()
 
-    @torch.no_grad()
     def sample(self) -> None:
-        if not self.dist.main:
-            return
-        was_training = self.transformer.training
-        self.transformer.eval()
-        s, vae = self.cfg.sample, self.parts.vae
-        self._use_adapter(training=False, user_weight=s.network_multiplier)
-        vae_home = vae.device
-        vae.to(self.device)
-        prompts = s.prompt_list()
-        embeds = [self.data.embedding(p.prompt) for p in prompts]
-        negs = [self.data.embedding(p.neg) for p in prompts]
-        tag = checkpoint.step_dir_name(self.step)
-        with self._ema_weights():
-            path, cells = render_previews(self.pipe, prompts, embeds, negs, s, self.run_dir / "samples", tag)
-            if self.model_ref.reference == "builtin:shapes":
-                self._judge_previews(cells, prompts, embeds, negs)
-        log.info("preview grid: %s", path)
-        vae.to(vae_home)
-        self._use_adapter(training=True)
-        self.transformer.train(was_training)
-
-    def _judge_previews(self, cells, prompts, embeds, negs) -> None:
-        """builtin:shapes: the pixel judge's scores of this preview into metrics.jsonl (adherence, the concept with
-        the trigger, drift without it versus the base model's previews)."""
-        from zlora.shapes.evaluate import PreviewJudge
-
-        s = self.cfg.sample
-        if getattr(self, "_judge", None) is None:  # one per run: base_judge.json is read once
-            self._judge = PreviewJudge(self.run_dir / "samples", self.cfg.job.trigger_word)
-
-        def base_previews():  # the same previews with the user LoRA off
-            self._use_adapter(training=False, user_weight=0.0)
-            cells = render_previews(self.pipe, prompts, embeds, negs, s, None, "base")[1]
-            self._use_adapter(training=False, user_weight=s.network_multiplier)
-            return cells
-
-        scores = self._judge.preview_scores(self.step, cells, base_previews)
-        self.metrics.log(step=self.step, judge=scores)
-        log.info("judge: adherence %s, concept %s, drift %s", scores["adherence"], scores["concept"],
-                 scores.get("drift"))  # fmt: skip
+        """A preview grid of the model as it is now (and on builtin:shapes, the judge's scores)."""
+        previews.sample(self)
 
     # ------------------------------------------------------------------ save
     def _lora_params(self) -> dict[str, torch.nn.Parameter]:
