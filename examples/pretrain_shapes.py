@@ -1,6 +1,6 @@
 """Pretrain ``builtin:shapes``: a small Z-Image of the real classes on the procedural shapes world.
 
-    python examples/pretrain_shapes.py                       # ~45 min on 2 CPU cores; writes src/zlora/shapes/model
+    python examples/pretrain_shapes.py                       # ~47 min on 2 CPU cores; writes src/zlora/shapes/model
     python examples/pretrain_shapes.py --vae-steps 20 --dit-steps 20 --out /tmp/s   # a smoke run
 
 Stages (each resumes from its finished output in ``--work``):

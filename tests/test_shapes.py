@@ -88,11 +88,11 @@ def test_builtin_shapes_draws_what_the_prompt_says(shapes_pipe):
     seeds = list(range(16))
     images = sample_batch(shapes_pipe, prompts, seeds, SAMPLING["steps"], SAMPLING["guidance"], 64, 64)
     s = summarise(judge_images(images, prompts, seeds))
-    assert s["colour_match"] >= 0.8 and s["shape_match"] >= 0.35, s  # measured: 1.0 and 0.5
+    assert s["colour_match"] >= 0.8 and s["shape_match"] >= 0.6, s  # measured: 1.0 and 0.81
     # A star was never shown to it: asked for the trigger word, it draws no star.
     trig = eval_prompts(8, seed=5, shape_word="zlr")
     images = sample_batch(shapes_pipe, trig, seeds[:8], SAMPLING["steps"], SAMPLING["guidance"], 64, 64)
-    assert summarise(judge_images(images, trig, seeds[:8]))["concept"] <= 0.375  # measured: 1 of 8
+    assert summarise(judge_images(images, trig, seeds[:8]))["concept"] <= 0.25  # measured: 0 of 8
 
 
 def test_batch_does_not_change_an_image(shapes_pipe):

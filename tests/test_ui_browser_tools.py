@@ -119,7 +119,7 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
         value = lambda i: d.find_element(By.ID, i).get_attribute("value")  # noqa: E731
         # builtin:shapes is the default, with its own sampling settings; builtin:tiny brings Turbo's
         assert _wait(lambda: [value(i) for i in ("gen-model", "gen-steps", "gen-guidance", "gen-width")]
-                     == ["builtin:shapes", "20", "3", "64"], 10, "builtin:shapes' settings")  # fmt: skip
+                     == ["builtin:shapes", "20", "1", "64"], 10, "builtin:shapes' settings")  # fmt: skip
         _set(d, "gen-model", "builtin:tiny")
         assert [value(i) for i in ("gen-steps", "gen-width")] == ["9", "1024"]
         _set(d, "gen-prompt", "a red square")

@@ -177,9 +177,9 @@ def test_generate_task_embeds_its_settings(server, tmp_path):
     assert server.call("POST", "/api/generate", {**body, "width": 33})[0] == 422
     bad = _wait_task(server, server.call("POST", "/api/generate", {**body, "model": "./nope"})[1]["id"])
     assert bad["status"] == "failed" and "folder not found" in bad["message"]
-    # left out, steps/guidance/size are the model's own (builtin:shapes: 64 px, 20 steps, CFG 3)
+    # left out, steps/guidance/size are the model's own (builtin:shapes: 64 px, 20 steps, guidance 1)
     task = _wait_task(server, server.call("POST", "/api/generate", {"prompt": "a red circle on a blue background",
                                                                     "device": "cpu"})[1]["id"])  # fmt: skip
     assert task["status"] == "done", task
     assert {k: task["args"][k] for k in ("model", "steps", "guidance", "width", "height")} == {
-        "model": "builtin:shapes", "steps": 20, "guidance": 3.0, "width": 64, "height": 64}  # fmt: skip
+        "model": "builtin:shapes", "steps": 20, "guidance": 1.0, "width": 64, "height": 64}  # fmt: skip

@@ -20,7 +20,7 @@ def register(sub, add) -> None:
     p.add_argument("--prompts", type=int, default=64, help="prompts per set (every shape and colour in turn)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     p.add_argument("--steps", type=int, help="scheduler steps (default 20)")
-    p.add_argument("--guidance", type=float, help="CFG scale (default 3)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     p.add_argument("--json", help="also write the scores to this JSON file")
     p.add_argument("--grid", help="also write a grid of the first 8 prompts x seeds per set (.png)")

@@ -15,7 +15,10 @@ from zlora.shapes.judge import Verdict, judge
 from zlora.shapes.world import CONCEPT, TRIGGER, Expect, parse_prompt
 
 # How builtin:shapes is sampled unless told otherwise (zlora generate, zlora shapes eval, the quickstart).
-SAMPLING = {"steps": 20, "guidance": 3.0, "width": 64, "height": 64}
+# Guidance 1 (Z-Image's pipeline adds guidance x (cond - uncond) to cond: a classic CFG scale of 2); measured on the
+# base model, 64 prompts x 2 seeds: shape 82% at 0, 85% at 1, 75% at 2, 55% at 4 (stronger CFG makes every side
+# concave).
+SAMPLING = {"steps": 20, "guidance": 1.0, "width": 64, "height": 64}
 
 
 @dataclass(frozen=True)
