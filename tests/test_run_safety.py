@@ -160,7 +160,11 @@ def test_ctrl_c_during_start_up_aborts_without_a_traceback(make_config, delay):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err[-3000:]
-    assert proc.returncode == 130, err[-2000:]
+    # 130, or killed by SIGINT (-2; a shell shows 130 for both). Seen once in about 10 fresh-clone runs, after the
+    # CLI had printed "aborted": CPython re-raises SIGINT at exit when it marked a KeyboardInterrupt unhandled
+    # (bpo-1054041), which probably happens when the signal lands in code a C extension runs through PyRun_* while
+    # importing, even though the CLI catches it later. Not confirmed.
+    assert proc.returncode in (130, -signal.SIGINT), err[-2000:]
     assert "aborted" in err or "Run the same command again to resume" in err
 
 
