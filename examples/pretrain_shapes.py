@@ -168,7 +168,7 @@ def train_transformer(work: Path, vae, tokenizer, te, steps: int, seed: int, n_d
     from diffusers import ZImageTransformer2DModel
 
     from zlora.config.schema import TrainConfig
-    from zlora.train.timesteps import sample_sigmas
+    from zlora.train.timesteps import flow_shift, sample_sigmas
 
     out = work / "transformer"
     if (out / "config.json").is_file():
@@ -197,8 +197,7 @@ def train_transformer(work: Path, vae, tokenizer, te, steps: int, seed: int, n_d
         x0 = (z - sh) * sc
         drop = torch.rand(batch, generator=gen) < 0.1
         caps = [feats["" if d else captions[i]] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
-        s = sample_sigmas(tcfg, batch, gen, torch.device("cpu"))
-        sigma = SHIFT * s / (1 + (SHIFT - 1) * s)
+        sigma = flow_shift(sample_sigmas(tcfg, batch, gen, torch.device("cpu")), SHIFT)
         noise = torch.randn(x0.shape, generator=gen)
         x_s = zimage.noisy_latents(x0, noise, sigma.view(-1, 1, 1, 1))
         pred = torch.stack(zimage.predict(model, list(x_s), sigma, caps, torch.float32))

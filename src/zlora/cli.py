@@ -157,12 +157,11 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- generate
 def cmd_generate(args: argparse.Namespace) -> int:
-    from zlora.generate import generate_image, image_format, sampling_defaults, save_image
+    from zlora.config.schema import fill_sampling
+    from zlora.generate import generate_image, image_format, save_image
     from zlora.utils.io import atomic_write, check_output
 
-    for k, v in sampling_defaults(args.model).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    vars(args).update(fill_sampling(args.model, vars(args)))
     loras = [_parse_lora_arg(x) for x in args.lora]
     fmt = image_format(args.output)
     check_output(args.output, [p for p, _ in loras], overwrite=args.overwrite)
@@ -235,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative", default="", help="negative prompt (with --guidance > 0)")
     p.add_argument("--steps", type=int, help="scheduler steps (default 9: Turbo's 8 DiT forwards; builtin:shapes 20)")  # fmt: skip
     p.add_argument("--guidance", type=float,
-                   help="CFG scale (default 0 for Turbo; De-Turbo/Base: 2-4; builtin:shapes 3)")  # fmt: skip
+                   help="CFG scale (default 0 for Turbo; De-Turbo/Base: 2-4; builtin:shapes 1)")  # fmt: skip
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same image)")
     p.add_argument("--width", type=int, help="image width, a multiple of 16 (default 1024; builtin:shapes 64)")  # fmt: skip
     p.add_argument("--height", type=int, help="image height, a multiple of 16 (default 1024; builtin:shapes 64)")  # fmt: skip

@@ -32,16 +32,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from zlora.cli_lora import _parse_lora_arg
+    from zlora.config.schema import fill_sampling
     from zlora.generate import load_pipeline
     from zlora.models.load import resolve_device
-    from zlora.shapes.evaluate import SAMPLING, judge_images, sample_batch, summarise
+    from zlora.shapes.evaluate import judge_images, sample_batch, summarise
     from zlora.shapes.world import eval_prompts
     from zlora.utils.io import atomic_write, atomic_write_text
 
     if args.prompts < 1 or args.seeds < 1 or (args.steps is not None and args.steps < 1):
         raise UserError("--prompts, --seeds and --steps must be at least 1")
-    steps = SAMPLING["steps"] if args.steps is None else args.steps
-    guidance = SAMPLING["guidance"] if args.guidance is None else args.guidance
+    how = fill_sampling("builtin:shapes", vars(args))  # the world's settings, whichever --model
+    steps, guidance = how["steps"], how["guidance"]
     dev = resolve_device(args.device)
     loras = [_parse_lora_arg(args.lora)] if args.lora else []
     pipe = load_pipeline(args.model, loras, dev, torch.float32)
@@ -51,7 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     seed_list = seeds * args.prompts
 
     def run(prompts):
-        return sample_batch(pipe, prompts, seed_list, steps, guidance, SAMPLING["width"], SAMPLING["height"])
+        return sample_batch(pipe, prompts, seed_list, steps, guidance, how["width"], how["height"])
 
     sets = {}
     if loras:

@@ -15,15 +15,6 @@ from zlora.models.zimage import SIZE_MULTIPLE
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
-def sampling_defaults(model: str) -> dict:
-    """What generate uses when not told: Turbo's 9 steps without CFG at 1024², builtin:shapes' own settings."""
-    if model == "builtin:shapes":
-        from zlora.shapes.evaluate import SAMPLING
-
-        return dict(SAMPLING)
-    return {"steps": 9, "guidance": 0.0, "width": 1024, "height": 1024}
-
-
 def image_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in IMAGE_FORMATS:

@@ -18,6 +18,11 @@ SIZE = 64
 # Where builtin:shapes' transformer saw its shapes (and the quickstart's stars are): centred within SPREAD, of a
 # size in SIZES. The VAE saw the whole range.
 SIZES, SPREAD = (0.5, 0.75), 0.12
+# How builtin:shapes is sampled unless told otherwise (zlora generate, zlora shapes eval, the quickstart).
+# Guidance 1 (Z-Image's pipeline adds guidance x (cond - uncond) to cond: a classic CFG scale of 2); measured on the
+# base model, 64 prompts x 2 seeds: shape 82% at 0, 85% at 1, 75% at 2, 55% at 4 (stronger CFG makes every side
+# concave).
+SAMPLING = {"steps": 20, "guidance": 1.0, "width": 64, "height": 64}
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "orange": (250, 140, 20),

@@ -9,6 +9,11 @@ import torch.nn.functional as F
 from zlora.config.schema import TrainConfig
 
 
+def flow_shift(s: torch.Tensor, shift: float) -> torch.Tensor:
+    """The scheduler's shift of noise levels: s -> shift s / (1 + (shift - 1) s)."""
+    return shift * s / (1 + (shift - 1) * s)
+
+
 def sample_sigmas(cfg: TrainConfig, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """``n`` sigmas: drawn by ``timestep_type``, bent by ``timestep_bias``, mapped into [min, max]/1000."""
     kind = cfg.timestep_type
@@ -17,7 +22,7 @@ def sample_sigmas(cfg: TrainConfig, n: int, generator: torch.Generator, device: 
     else:  # linear, shift and weighted start uniform
         s = torch.rand(n, generator=generator, device=device)
     if kind == "shift":  # the flow-matching shift the inference scheduler uses: mass moves to high noise
-        s = cfg.timestep_shift * s / (1 + (cfg.timestep_shift - 1) * s)
+        s = flow_shift(s, cfg.timestep_shift)
     if cfg.timestep_bias == "high_noise":
         s = 1 - (1 - s) ** 2
     elif cfg.timestep_bias == "low_noise":

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from zlora import __version__
 from zlora.config import dump_config, read_yaml, validate
 from zlora.config.load import check_paths
-from zlora.config.schema import ARCH_PRESETS, TURBO_ADAPTERS, Config
+from zlora.config.schema import ARCH_PRESETS, TURBO_ADAPTERS, Config, sampling_defaults
 from zlora.errors import UserError
 from zlora.ui import datasets, loratools, progress, tasks
 from zlora.ui.runner import Runner, alive
@@ -162,8 +162,6 @@ def create_app(
     def schema() -> dict:
         """The config schema (field types, defaults, help from the docstrings), the panels, the arch presets, the
         built-in models' sampling settings (the Generate page fills them)."""
-        from zlora.generate import sampling_defaults  # imports torch: not at server start-up
-
         return {"schema": Config.model_json_schema(), "panels": PANELS, "arch_presets": ARCH_PRESETS,
                 "adapters": TURBO_ADAPTERS, "default_output_dir": str(data_dir / "output"),
                 "builtin_sampling": {m: sampling_defaults(m) for m in ("builtin:shapes", "builtin:tiny")}}  # fmt: skip

@@ -212,11 +212,10 @@ def router(data_dir: Path, store) -> APIRouter:
 
     @api.post("/api/generate")
     def generate(body: GenerateBody) -> dict:
-        from zlora.generate import sampling_defaults
+        from zlora.config.schema import fill_sampling
         from zlora.ui.loratools import resolve_ref
 
-        unset = {k: v for k, v in sampling_defaults(body.model).items() if getattr(body, k) is None}
-        body = body.model_copy(update=unset)
+        body = body.model_copy(update=fill_sampling(body.model, body.model_dump()))
         argv = ["generate", "--model", body.model, "--prompt", body.prompt, "--negative", body.negative,
                 "--steps", str(body.steps), "--guidance", str(body.guidance), "--seed", str(body.seed),
                 "--width", str(body.width), "--height", str(body.height), "--device", body.device,
