@@ -223,6 +223,53 @@ def test_dop_term_is_zero_for_a_zero_lora_and_pulls_once_it_is_not(make_config, 
         make_config({"job": {"trigger_word": None}, "train": {"diff_output_preservation": True}})
 
 
+def _reg_dataset(tmp_path, **flags) -> dict:
+    reg = tmp_path / "reg"
+    reg.mkdir(exist_ok=True)
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        Image.new("RGB", (32, 32), colour).save(reg / f"{i}.png")
+        (reg / f"{i}.txt").write_text("a plain square")
+    return {"folder_path": str(reg), "resolution": 32, "caption_dropout_rate": 0.0, "is_reg": True, **flags}
+
+
+def test_prior_reg_trains_towards_the_base_model_and_reg_captions_get_no_trigger(make_config, tmp_path):
+    base = make_config(as_dict=True)["datasets"][0]
+
+    def trainer(name, **flags):
+        t = Trainer(make_config({"job": {"name": name}, "train": {"steps": 3, "lr": 1e-2},
+                                 "datasets": [base, _reg_dataset(tmp_path, **flags)]}))  # fmt: skip
+        t.setup()
+        return t
+
+    t = trainer("prior", prior_reg=True)
+    reg = [i for i, e in enumerate(t.data.entries) if e.dataset == 1]
+    assert reg and all(t.data.entries[i].caption == "a plain square" for i in reg)  # no zlr added
+    assert all("zlr" in e.caption for e in t.data.entries if e.dataset == 0)
+    x0 = t.data.latents(reg, t.parts.vae)
+    noise = [torch.randn_like(x) for x in x0]
+    sig = torch.tensor([0.4, 0.8])
+    caps = [t.data.embedding(t.data.entries[i].caption) for i in reg]
+    with torch.no_grad():
+        assert t._loss(reg, x0, noise, sig, caps).item() == 0.0  # LoRA B = 0: the prediction is the base's
+        for n, p in t.transformer.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+        moved = t._loss(reg, x0, noise, sig, caps).item()
+        assert moved > 0
+    # is_reg alone trains on the image, as any dataset does: its loss is not the distance to the base model
+    plain = trainer("plain")
+    with torch.no_grad():
+        assert plain._loss(reg, x0, noise, sig, caps).item() > 0
+
+    # a run on nothing but prior_reg images has nothing to learn: the LoRA stays exactly where it started
+    only = Trainer(make_config({"job": {"name": "only"}, "train": {"steps": 2, "lr": 1e-2},
+                                "datasets": [_reg_dataset(tmp_path, prior_reg=True)]}))  # fmt: skip
+    only.setup()
+    start = _lora(only)
+    only.train()
+    assert all(torch.equal(a, b) for a, b in zip(start.values(), _lora(only).values(), strict=True))
+
+
 def test_ema_decay_0_equals_raw_weights_and_ema_is_what_is_saved(make_config, tmp_path):
     raw = _trainer(make_config, tmp_path, "raw", ema_config={"use_ema": True, "ema_decay": 0.0})
     raw.train()

@@ -30,7 +30,7 @@ UNSUPPORTED = {
     "model.is_flux": "", "model.lora_path": "",
     "sample.sampler": "previews always use the model's own scheduler", "sample.num_frames": "images only",
     "sample.fps": "images only",
-    "datasets.shuffle_tokens": "", "datasets.is_reg": "regularisation datasets are not supported",
+    "datasets.shuffle_tokens": "",
     "datasets.network_weight": "", "datasets.mask_path": "", "datasets.mask_min_value": "",
     "datasets.control_path": "", "datasets.controls": "", "datasets.num_frames": "images only", "datasets.shrink_video_to_frames": "",
     "datasets.do_i2v": "", "datasets.flip_y": "only flip_x is supported", "datasets.cache_latents": "",

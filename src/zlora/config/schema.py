@@ -245,6 +245,13 @@ class DatasetConfig(Section):
     Off: images are encoded as they are drawn."""
     cache_dir: str | None = None
     """Where this dataset's caches live; default ``<folder_path>/_zlora_cache``."""
+    is_reg: bool = False
+    """A regularisation set (ai-toolkit's ``is_reg``): pictures of what the LoRA should leave alone, captioned
+    without the trigger word (it is never added to them), trained alongside the other datasets."""
+    prior_reg: bool = False
+    """Train this dataset's images towards the base model's own prediction on them (the LoRA at weight 0)
+    instead of towards the image: the LoRA learns to change nothing there (ai-toolkit's ``prior_reg``; use with
+    ``is_reg``). Costs one forward without gradients per such sample."""
 
     @field_validator("resolution", mode="before")
     @classmethod

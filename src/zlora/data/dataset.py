@@ -113,7 +113,7 @@ def scan_dataset(ds: DatasetConfig, index: int, job_trigger: str | None) -> Scan
     _report_captions(ds, index, images)
     for img in images:
         caption = apply_trigger(read_caption(img, ds.caption_ext, ds.default_caption), trigger,
-                                ds.add_trigger_word, img.with_suffix(f".{ds.caption_ext}"))  # fmt: skip
+                                ds.add_trigger_word and not ds.is_reg, img.with_suffix(f".{ds.caption_ext}"))  # fmt: skip
         try:
             w, h = image_size(img)
         except BAD_IMAGE as e:

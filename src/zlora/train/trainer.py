@@ -313,20 +313,35 @@ class Trainer:
                 guided_target(p, t, cfg.differential_guidance_scale)
                 for p, t in zip(pred, target, strict=True)
             ]
+        datasets = [self.cfg.datasets[self.data.entries[i].dataset] for i in idx]
+        at = [n for n, d in enumerate(datasets) if d.prior_reg]
+        if at:  # prior_reg: the base model's prediction is the target
+            for n, q in zip(
+                at, self._prior([x_s[n] for n in at], sigmas[at], [caps[n] for n in at]), strict=True
+            ):
+                target[n] = q
         losses = torch.stack([sample_loss(p, t, cfg) for p, t in zip(pred, target, strict=True)])
         loss = (losses * loss_weights(cfg, sigmas)).mean()
-        if cfg.diff_output_preservation:
-            loss = loss + cfg.diff_output_preservation_multiplier * self._dop_loss(idx, x_s, sigmas)
+        at = [n for n, d in enumerate(datasets) if not d.is_reg]  # a reg caption has no trigger to replace
+        if cfg.diff_output_preservation and at:
+            dop = self._dop_loss([idx[n] for n in at], [x_s[n] for n in at], sigmas[at])
+            loss = loss + cfg.diff_output_preservation_multiplier * dop * (len(at) / len(idx))
         return loss
+
+    @torch.no_grad()
+    def _prior(self, x_s, sigmas, caps) -> list[torch.Tensor]:
+        """The base model's prediction (user LoRA at weight 0: exactly the base, training adapter still on)."""
+        self._use_adapter(training=True, user_weight=0.0)
+        try:
+            return zimage.predict(self.transformer, x_s, sigmas, caps, self.dtype)
+        finally:
+            self._use_adapter(training=True)
 
     def _dop_loss(self, idx, x_s, sigmas) -> torch.Tensor:
         """Differential Output Preservation: on the class caption, the LoRA's prediction is pulled towards the base
-        model's (user LoRA at weight 0: exactly the base, training adapter still on)."""
+        model's."""
         caps = [self.data.embedding(self.data.class_caption(self.data.entries[i])) for i in idx]
-        with torch.no_grad():
-            self._use_adapter(training=True, user_weight=0.0)
-            prior = zimage.predict(self.transformer, x_s, sigmas, caps, self.dtype)
-            self._use_adapter(training=True)
+        prior = self._prior(x_s, sigmas, caps)
         pred = zimage.predict(self.transformer, x_s, sigmas, caps, self.dtype)
         return torch.stack(
             [torch.mean((p.float() - q.float()) ** 2) for p, q in zip(pred, prior, strict=True)]

@@ -57,7 +57,7 @@ PANELS = [
         "train.diff_output_preservation_multiplier", "train.seed"]},
     {"id": "datasets", "title": "Datasets", "list": "datasets", "fields": [
         "folder_path", "caption_ext", "default_caption", "caption_dropout_rate", "resolution", "cache_latents",
-        "num_repeats", "flip_x"]},
+        "num_repeats", "flip_x", "is_reg", "prior_reg"]},
     {"id": "sample", "title": "Sample", "fields": ["sample.sample_every", "sample.sample_steps",
                                                    "sample.guidance_scale", "sample.width", "sample.height",
                                                    "sample.seed", "sample.walk_seed", "sample.prompts"]},
