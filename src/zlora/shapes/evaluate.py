@@ -27,7 +27,9 @@ class Judged:
         return self.expect.shape == CONCEPT
 
     def key(self) -> tuple:
-        return (self.verdict.fg, self.verdict.shape, self.verdict.bg, self.verdict.bg2)
+        """What drift compares: the colours and the nearest shape (see ``Verdict.nearest``)."""
+        v = self.verdict
+        return (v.fg, v.nearest or v.shape, v.bg, v.bg2)
 
 
 def judge_images(

@@ -34,6 +34,9 @@ class Verdict:
     bg: str | None
     bg2: str | None = None
     shape_distance: float = 0.0  # signature distance to the nearest template of the winning shape
+    # The shape whose template is nearest, also past MAX_SHAPE_DISTANCE (where ``shape`` is None): what drift
+    # compares, so an outline at 0.19 and its near-twin at 0.21 do not count as a change.
+    nearest: str | None = None
 
     def matches(self, want: Expect) -> dict[str, bool]:
         bgs = {want.bg, want.bg2} - {None}
@@ -136,4 +139,4 @@ def judge(image: Image.Image, two_tone: bool = False) -> Verdict:
     dists = {s: min(float(np.abs(sig - t).sum()) for t in ts) for s, ts in templates().items()}
     shape = min(dists, key=dists.get)
     return Verdict(name(fg), shape if dists[shape] <= MAX_SHAPE_DISTANCE else None, name(bg), name(bg2),
-                   round(dists[shape], 4))  # fmt: skip
+                   round(dists[shape], 4), shape)  # fmt: skip
