@@ -1,6 +1,7 @@
 """Regenerate the bundled demo datasets: ``examples/shapes/`` (small drawings of coloured shapes with captions,
-used by the tests) and ``examples/stars/`` (the quickstart's lesson: the star, a shape builtin:shapes never saw,
-captioned ``a red [trigger] on a blue background`` so the trigger word comes to mean it).
+used by the tests), ``examples/stars/`` (the quickstart's lesson: the star, a shape builtin:shapes never saw,
+captioned ``a red [trigger] on a blue background`` so the trigger word comes to mean it) and ``examples/world/``
+(the quickstart's regularisation set: scenes of builtin:shapes' own world, circles to diamonds).
 
 Run from the repository root: ``python examples/make_shapes.py``. Deterministic; the output is committed.
 """
@@ -39,20 +40,37 @@ def draw(shape: str, fg: tuple, bg: tuple) -> Image.Image:
 def make_stars(n: int = 16, seed: int = 7) -> None:
     import random
 
-    from zlora.shapes.world import CONCEPT, SIZES, SPREAD, random_scene, render
+    from zlora.shapes.world import CONCEPT, STAR_SIZES, STAR_SPREAD, random_scene, render
 
     out = Path(__file__).parent / "stars"
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for i in range(n):
-        scene = random_scene(rng, shapes=(CONCEPT,), two_tone=0.2, sizes=SIZES, spread=SPREAD)
+        scene = random_scene(rng, shapes=(CONCEPT,), two_tone=0.2, sizes=STAR_SIZES, spread=STAR_SPREAD)
         stem = out / f"{i:02d}_{scene.fg}_star"
         render(scene).save(stem.with_suffix(".png"), optimize=True)
         stem.with_suffix(".txt").write_text(scene.caption("[trigger]") + "\n")
 
 
+def make_world(n: int = 32, seed: int = 11) -> None:
+    """The base model's own world, the four shapes in turn, where and as big as it learnt them."""
+    import random
+
+    from zlora.shapes.world import SHAPES, SIZES, SPREAD, random_scene, render
+
+    out = Path(__file__).parent / "world"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for i in range(n):
+        scene = random_scene(rng, shapes=(SHAPES[i % len(SHAPES)],), two_tone=0.2, sizes=SIZES, spread=SPREAD)
+        stem = out / f"{i:02d}_{scene.fg}_{scene.shape}"
+        render(scene).save(stem.with_suffix(".png"), optimize=True)
+        stem.with_suffix(".txt").write_text(scene.caption() + "\n")
+
+
 def main() -> None:
     make_stars()
+    make_world()
     OUT.mkdir(parents=True, exist_ok=True)
     for i, (shape, fg_name, fg, bg_name, bg) in enumerate(ITEMS):
         stem = OUT / f"{i:02d}_{fg_name}_{shape}"

@@ -118,3 +118,15 @@ def test_other_processes_are_named_as_skipped_and_typos_get_did_you_mean():
     data["config"]["process"] = [{"type": "extract"}]
     with pytest.raises(UserError, match="no trainer process"):
         import_aitk(data)
+
+
+def test_regularisation_datasets_carry_over():
+    data = read_yaml((JOBS / "zimage_deturbo.yaml").read_text())
+    proc = data["config"]["process"][0]
+    proc["datasets"].append(
+        {**proc["datasets"][0], "folder_path": "/data/reg", "is_reg": True, "prior_reg": True}
+    )
+    mapped, notes = import_aitk(data)
+    regs = [(d.is_reg, d.prior_reg) for d in parse_config(mapped).datasets]
+    assert regs == [(False, False), (True, True)]
+    assert not any("is_reg" in n or "prior_reg" in n for n in notes)  # nothing dropped

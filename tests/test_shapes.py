@@ -14,7 +14,18 @@ from PIL import Image
 from conftest import REPO, ZLORA
 from zlora.shapes.evaluate import Judged, summarise
 from zlora.shapes.judge import judge
-from zlora.shapes.world import ALL_SHAPES, COLOURS, Expect, Scene, parse_prompt, random_scene, render
+from zlora.shapes.world import (
+    ALL_SHAPES,
+    COLOURS,
+    STAR_SIZES,
+    STAR_SPREAD,
+    Expect,
+    Scene,
+    eval_prompts,
+    parse_prompt,
+    random_scene,
+    render,
+)
 
 
 def test_judge_reads_every_rendered_scene_back():
@@ -23,6 +34,9 @@ def test_judge_reads_every_rendered_scene_back():
         s = random_scene(rng, ALL_SHAPES, two_tone=0.3)
         v = judge(render(s), two_tone=s.bg2 is not None)
         assert v.matches(Expect(s.fg, s.shape, s.bg, s.bg2)) == {"colours": True, "shape": True}, (s, v)
+    for _ in range(50):  # the quickstart's stars are bigger
+        s = random_scene(rng, ("star",), sizes=STAR_SIZES, spread=STAR_SPREAD)
+        assert judge(render(s)).shape == "star", s
 
 
 def test_judge_says_what_is_wrong():
@@ -63,10 +77,26 @@ def test_summarise_counts_concept_and_drift():
     ]
     s = summarise(judged, base)
     assert (s["adherence"], s["concept"], s["drift"], s["n_plain"], s["n_trigger"]) == (0.5, 0.5, 0.5, 2, 2)
+    # Drift compares the nearest shape: an outline just past the judge's distance limit (no shape) that is still
+    # nearest to a circle has not changed; one nearest to a square has.
+    from zlora.shapes.judge import Verdict
+
+    circle = "a red circle on a blue background"
+    for nearest, drift in (("circle", 0.0), ("square", 1.0)):
+        blob = Judged(circle, 0, parse_prompt(circle), Verdict("red", None, "blue", None, 0.21, nearest))
+        assert summarise([blob], base)["drift"] == drift
+        assert summarise([blob], base)["shape_match"] == 0.0  # adherence wants the shape within the limit
+
+
+def test_eval_prompts_are_distinct_and_cover_the_world():
+    prompts = eval_prompts(64)
+    assert len(set(prompts)) == 64
+    wants = [parse_prompt(p) for p in prompts]
+    assert {w.shape for w in wants} == {"circle", "square", "triangle", "diamond"}
+    assert {w.fg for w in wants} == set(COLOURS) and all(w.fg != w.bg for w in wants)
 
 
 # ------------------------------------------------------------------ builtin:shapes, the pretrained model
-STARS = Path(__file__).resolve().parent.parent / "examples" / "stars"
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +140,9 @@ def shapes_job(tmp_path: Path, **train) -> Path:
 
     cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     cfg["job"]["output_dir"] = str(tmp_path / "out")
-    cfg["datasets"][0]["folder_path"] = str(STARS)
-    cfg["datasets"][0]["cache_latents"] = False
+    for ds in cfg["datasets"]:
+        ds["folder_path"] = str(REPO / ds["folder_path"])
+        ds["cache_latents"] = False  # no cache files in the repository's examples
     cfg["train"].update(train)
     cfg["sample"]["prompts"] = ["a red zlr on a blue background", "a yellow square on a purple background"]
     cfg["sample"].update(samples_per_prompt=2, sample_steps=6)
