@@ -36,7 +36,7 @@ def test_judge_reads_every_rendered_scene_back():
         assert v.matches(Expect(s.fg, s.shape, s.bg, s.bg2)) == {"colours": True, "shape": True}, (s, v)
     for _ in range(50):  # the quickstart's stars are bigger
         s = random_scene(rng, ("star",), sizes=STAR_SIZES, spread=STAR_SPREAD)
-        assert judge(render(s)).shape == "star", s
+        assert judge(render(s), two_tone=s.bg2 is not None).shape == "star", s
 
 
 def test_judge_says_what_is_wrong():
