@@ -314,18 +314,19 @@ class Trainer:
                 for p, t in zip(pred, target, strict=True)
             ]
         datasets = [self.cfg.datasets[self.data.entries[i].dataset] for i in idx]
-        at = [n for n, d in enumerate(datasets) if d.prior_reg]
-        if at:  # prior_reg: the base model's prediction is the target
-            for n, q in zip(
-                at, self._prior([x_s[n] for n in at], sigmas[at], [caps[n] for n in at]), strict=True
-            ):
+        prior_at = [n for n, d in enumerate(datasets) if d.prior_reg]
+        if prior_at:  # prior_reg: the base model's prediction is the target
+            prior = self._prior([x_s[n] for n in prior_at], sigmas[prior_at], [caps[n] for n in prior_at])
+            for n, q in zip(prior_at, prior, strict=True):
                 target[n] = q
         losses = torch.stack([sample_loss(p, t, cfg) for p, t in zip(pred, target, strict=True)])
         loss = (losses * loss_weights(cfg, sigmas)).mean()
-        at = [n for n, d in enumerate(datasets) if not d.is_reg]  # a reg caption has no trigger to replace
-        if cfg.diff_output_preservation and at:
-            dop = self._dop_loss([idx[n] for n in at], [x_s[n] for n in at], sigmas[at])
-            loss = loss + cfg.diff_output_preservation_multiplier * dop * (len(at) / len(idx))
+        dop_at = [
+            n for n, d in enumerate(datasets) if not d.is_reg
+        ]  # a reg caption has no trigger to replace
+        if cfg.diff_output_preservation and dop_at:
+            dop = self._dop_loss([idx[n] for n in dop_at], [x_s[n] for n in dop_at], sigmas[dop_at])
+            loss = loss + cfg.diff_output_preservation_multiplier * dop * (len(dop_at) / len(idx))
         return loss
 
     @torch.no_grad()
