@@ -29,8 +29,11 @@ def shapes(layers: int) -> list[tuple[str, list[int]]]:
     for b in blocks:
         for c in ("to_q", "to_k", "to_v", "to_out.0"):
             out.append((f"{b}.attention.{c}.weight", [DIM, DIM]))
-        out += [(f"{b}.feed_forward.w1.weight", [FFN, DIM]), (f"{b}.feed_forward.w2.weight", [DIM, FFN]),
-                (f"{b}.feed_forward.w3.weight", [FFN, DIM])]  # fmt: skip
+        out += [
+            (f"{b}.feed_forward.w1.weight", [FFN, DIM]),
+            (f"{b}.feed_forward.w2.weight", [DIM, FFN]),
+            (f"{b}.feed_forward.w3.weight", [FFN, DIM]),
+        ]
         if not b.startswith("context"):
             out.append((f"{b}.adaLN_modulation.0.weight", [4 * DIM, 256]))
     return out
@@ -56,9 +59,12 @@ def main() -> None:
         (folder / "transformer" / "config.json").write_text("{}")
         g = torch.Generator().manual_seed(0)
         start = time.perf_counter()
-        write_streaming(folder / "transformer" / "diffusion_pytorch_model.safetensors",
-                        [(k, torch.bfloat16, s) for k, s in spec],
-                        ((torch.randn(s, generator=g) * 0.02).bfloat16() for _, s in spec), {})  # fmt: skip
+        write_streaming(
+            folder / "transformer" / "diffusion_pytorch_model.safetensors",
+            [(k, torch.bfloat16, s) for k, s in spec],
+            ((torch.randn(s, generator=g) * 0.02).bfloat16() for _, s in spec),
+            {},
+        )
         size = (folder / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size
         print(
             f"base: {params / 1e9:.2f} B params, {size / 2**30:.1f} GiB, written in {time.perf_counter() - start:.0f} s"
@@ -86,8 +92,10 @@ def main() -> None:
         stop.set()
         largest = max(torch.Size(s).numel() for _, s in spec) * 4 / 2**20
         print(f"bake: {len(changed)} modules changed in {elapsed:.0f} s")
-        print(f"anonymous memory: {before:.0f} MiB before, peak {max(peak):.0f} MiB "
-              f"(+{max(peak) - before:.0f} MiB; largest tensor in fp32: {largest:.0f} MiB)")  # fmt: skip
+        print(
+            f"anonymous memory: {before:.0f} MiB before, peak {max(peak):.0f} MiB "
+            f"(+{max(peak) - before:.0f} MiB; largest tensor in fp32: {largest:.0f} MiB)"
+        )
 
 
 if __name__ == "__main__":

@@ -56,12 +56,20 @@ def main() -> None:
         mb = sum(p.stat().st_size for p in data_dir.glob("*.jpg")) / 2**20
 
         def cfg(cached: bool):
-            return parse_config({
-                "job": {"device": args.device},
-                "train": {"batch_size": args.batch_size},
-                "datasets": [{"folder_path": str(data_dir), "resolution": args.resolution, "cache_latents": cached,
-                              "cache_dir": f"{tmp}/cache"}],
-            })  # fmt: skip
+            return parse_config(
+                {
+                    "job": {"device": args.device},
+                    "train": {"batch_size": args.batch_size},
+                    "datasets": [
+                        {
+                            "folder_path": str(data_dir),
+                            "resolution": args.resolution,
+                            "cache_latents": cached,
+                            "cache_dir": f"{tmp}/cache",
+                        }
+                    ],
+                }
+            )
 
         def prepare(cached: bool) -> tuple[TrainData, float]:
             t0 = time.perf_counter()

@@ -19,10 +19,15 @@ from zlora.lora.tools import convert_lora, inspect_lora, merge_loras
 
 DIM, FFN, RANK = 3840, 10240, 16
 SHAPES = {  # component -> (in, out)
-    "attention.to_q": (DIM, DIM), "attention.to_k": (DIM, DIM), "attention.to_v": (DIM, DIM),
-    "attention.to_out.0": (DIM, DIM), "feed_forward.w1": (DIM, FFN), "feed_forward.w2": (FFN, DIM),
-    "feed_forward.w3": (DIM, FFN), "adaLN_modulation.0": (256, 4 * DIM),
-}  # fmt: skip
+    "attention.to_q": (DIM, DIM),
+    "attention.to_k": (DIM, DIM),
+    "attention.to_v": (DIM, DIM),
+    "attention.to_out.0": (DIM, DIM),
+    "feed_forward.w1": (DIM, FFN),
+    "feed_forward.w2": (FFN, DIM),
+    "feed_forward.w3": (DIM, FFN),
+    "adaLN_modulation.0": (256, 4 * DIM),
+}
 
 
 def random_lora(seed: int) -> dict[str, LoraModule]:

@@ -43,7 +43,7 @@ def make_trainer(args, out: str) -> Trainer:
                     "cache_latents": True,
                     "cache_dir": f"{out}/cache",
                 }
-            ],  # fmt: skip
+            ],
         }
     )
     t = Trainer(cfg)

@@ -29,8 +29,11 @@ def main() -> None:
         server = UIServer(Path(tmp) / "ui").start()
         startup = time.perf_counter() - t0
         try:
-            _, body = server.call("POST", "/api/jobs", {"config_yaml": job_yaml("bench", steps=3000, save_every=500,
-                                                                                prompts=False)})  # fmt: skip
+            _, body = server.call(
+                "POST",
+                "/api/jobs",
+                {"config_yaml": job_yaml("bench", steps=3000, save_every=500, prompts=False)},
+            )
             job_id = body["id"]
             run_dir = Path(server.call("GET", f"/api/jobs/{job_id}")[1]["run_dir"])
             seen: dict[int, float] = {}
@@ -67,8 +70,10 @@ def main() -> None:
     times.sort()
     print(f"startup to first answer: {startup:.2f} s")
     print(f"step 1 written -> SSE event: {(first - logged) * 1000:.0f} ms")
-    print(f"GET /api/jobs while training ({args.requests} requests, job still running: {training}): "
-          f"median {statistics.median(times):.1f} ms, p95 {times[int(0.95 * len(times))]:.1f} ms, max {times[-1]:.1f} ms")  # fmt: skip
+    print(
+        f"GET /api/jobs while training ({args.requests} requests, job still running: {training}): "
+        f"median {statistics.median(times):.1f} ms, p95 {times[int(0.95 * len(times))]:.1f} ms, max {times[-1]:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -53,20 +53,32 @@ def main() -> None:
             lora = Path(tmp) / "real.safetensors"
             save_file(write_modules(random_lora(0), "zlora"), str(lora))
             body, ctype = multipart("file", [("real.safetensors", lora.read_bytes())])
-            ref = timed(f"upload r16 LoRA ({lora.stat().st_size / 2**20:.0f} MiB)",
-                        lambda: server.call("POST", "/api/lora/upload", raw=body, ctype=ctype)[1]["lora"])  # fmt: skip
+            ref = timed(
+                f"upload r16 LoRA ({lora.stat().st_size / 2**20:.0f} MiB)",
+                lambda: server.call("POST", "/api/lora/upload", raw=body, ctype=ctype)[1]["lora"],
+            )
             timed(
                 "inspect (report + heat-map table)",
                 lambda: server.call("POST", "/api/lora/inspect", {"lora": ref}),
             )
-            timed("scale (qk 0.5, layers 0-9:0.5)", lambda: server.call(
-                "POST", "/api/lora/scale", {"lora": ref, "components": {"qk": 0.5}, "layers": "0-9:0.5"}))  # fmt: skip
+            timed(
+                "scale (qk 0.5, layers 0-9:0.5)",
+                lambda: server.call(
+                    "POST", "/api/lora/scale", {"lora": ref, "components": {"qk": 0.5}, "layers": "0-9:0.5"}
+                ),
+            )
             timed(
                 "convert to comfy",
                 lambda: server.call("POST", "/api/lora/convert", {"lora": ref, "to": "comfy"}),
             )
-            timed("merge with itself, exact", lambda: server.call(
-                "POST", "/api/lora/merge", {"inputs": [{"lora": ref, "weight": 0.5}, {"lora": ref, "weight": 0.5}]}))  # fmt: skip
+            timed(
+                "merge with itself, exact",
+                lambda: server.call(
+                    "POST",
+                    "/api/lora/merge",
+                    {"inputs": [{"lora": ref, "weight": 0.5}, {"lora": ref, "weight": 0.5}]},
+                ),
+            )
         finally:
             server.kill()
 

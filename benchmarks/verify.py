@@ -36,8 +36,16 @@ def main() -> None:
                 f.write(block)
         size = big.stat().st_size
         digest = sha256_file(big)  # also warms the page cache
-        write_manifest(folder, {"repo": "bench/x", "revision": "main", "commit": "0" * 40, "endpoint": None,
-                                "files": {"transformer/weights.safetensors": {"size": size, "sha256": digest}}})  # fmt: skip
+        write_manifest(
+            folder,
+            {
+                "repo": "bench/x",
+                "revision": "main",
+                "commit": "0" * 40,
+                "endpoint": None,
+                "files": {"transformer/weights.safetensors": {"size": size, "sha256": digest}},
+            },
+        )
 
         def best(cmd: list[str]) -> float:
             times = []

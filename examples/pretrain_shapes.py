@@ -49,10 +49,22 @@ from zlora.shapes.world import (
 
 REPO = Path(__file__).resolve().parents[1]
 # builtin:tiny's configs, grown where the model has to learn something (and the VAE at factor 4, see above).
-TRANSFORMER = {**TRANSFORMER_CONFIG, "dim": 128, "n_layers": 6, "n_heads": 4, "n_kv_heads": 4, "cap_feat_dim": 64,
-               "axes_lens": [256, 64, 64]}  # fmt: skip
-TEXT_ENCODER = {**TEXT_ENCODER_CONFIG, "hidden_size": 64, "intermediate_size": 128, "head_dim": 32,
-                "max_position_embeddings": 512}  # fmt: skip
+TRANSFORMER = {
+    **TRANSFORMER_CONFIG,
+    "dim": 128,
+    "n_layers": 6,
+    "n_heads": 4,
+    "n_kv_heads": 4,
+    "cap_feat_dim": 64,
+    "axes_lens": [256, 64, 64],
+}
+TEXT_ENCODER = {
+    **TEXT_ENCODER_CONFIG,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "head_dim": 32,
+    "max_position_embeddings": 512,
+}
 VAE = {
     **VAE_CONFIG,
     "block_out_channels": (16, 32, 64),
@@ -61,7 +73,7 @@ VAE = {
     "norm_num_groups": 8,
     "scaling_factor": 1.0,
     "shift_factor": 0.0,
-}  # fmt: skip  (the factors are measured after training)
+}  # the factors are measured after training
 # The flow-matching shift of the shipped scheduler; training sigmas are logit-normal bent by the same shift, so
 # the high-noise steps where the sampler decides a shape's outline get the training they need (with plain
 # logit-normal sigmas the first model's one-step outlines were good at sigma <= 0.5 and poor at >= 0.8).
@@ -80,9 +92,12 @@ def world_corpus() -> list[str]:
     cols = list(COLOURS)
     caps = [
         Scene(s, fg, bg, bg2).caption()
-        for s in ALL_SHAPES for fg in cols for bg in cols for bg2 in [None, *cols]
+        for s in ALL_SHAPES
+        for fg in cols
+        for bg in cols
+        for bg2 in [None, *cols]
         if len({fg, bg, bg2} - {None}) == (3 if bg2 else 2)
-    ]  # fmt: skip
+    ]
     return caps + [Scene("circle", "red", "blue").caption(TRIGGER)] * 50
 
 
@@ -126,14 +141,24 @@ def train_vae(work: Path, steps: int, seed: int, batch: int = 16):
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if step % 25 == 0 or step == steps - 1:
-            log(work, stage="vae", step=step, mse=round(mse.item(), 5), kl=round(kl.item(), 4),
-                s=round(time.time() - t0, 1))  # fmt: skip
+            log(
+                work,
+                stage="vae",
+                step=step,
+                mse=round(mse.item(), 5),
+                kl=round(kl.item(), 4),
+                s=round(time.time() - t0, 1),
+            )
     vae.eval().requires_grad_(False)
     # Normalisation as the real VAE has it: (z - shift) * scale has mean 0 and std 1 over the world.
     rng = random.Random(seed + 1)
     with torch.no_grad():
-        z = torch.cat([vae.encode(to_pixels([render(random_scene(rng)) for _ in range(64)])).latent_dist.mean
-                       for _ in range(8)])  # fmt: skip
+        z = torch.cat(
+            [
+                vae.encode(to_pixels([render(random_scene(rng)) for _ in range(64)])).latent_dist.mean
+                for _ in range(8)
+            ]
+        )
     vae.register_to_config(
         shift_factor=round(z.mean().item(), 4), scaling_factor=round(1 / z.std().item(), 4)
     )
@@ -224,8 +249,9 @@ def assemble(out: Path, vae, tokenizer, te, transformer) -> None:
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=SHIFT, use_dynamic_shifting=False
     )
-    pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=te, tokenizer=tokenizer,
-                          transformer=transformer)  # fmt: skip
+    pipe = ZImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=te, tokenizer=tokenizer, transformer=transformer
+    )
     pipe.to(torch.float16)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -44,9 +44,12 @@ class FakeHub:
         files.update(extra or {})
         entries = {}
         for path, data in files.items():
-            entries[path] = RepoFile(data, hashlib.sha256(data).hexdigest(),
-                                     hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(),
-                                     path.endswith(LFS_SUFFIXES))  # fmt: skip
+            entries[path] = RepoFile(
+                data,
+                hashlib.sha256(data).hexdigest(),
+                hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(),
+                path.endswith(LFS_SUFFIXES),
+            )
         commit = hashlib.sha1("".join(f"{p}{e.sha256}" for p, e in entries.items()).encode()).hexdigest()
         self.repos[repo_id] = Repo(commit, entries)
         return self.repos[repo_id]
@@ -87,8 +90,17 @@ class FakeHub:
             if repo is None:
                 return self._json(h, {"error": "Repository not found"}, 404, {"X-Error-Code": "RepoNotFound"})
             siblings = [{"rfilename": p} for p in repo.files]
-            return self._json(h, {"id": m[1], "modelId": m[1], "sha": repo.commit, "siblings": siblings,
-                                  "private": False, "tags": []})  # fmt: skip
+            return self._json(
+                h,
+                {
+                    "id": m[1],
+                    "modelId": m[1],
+                    "sha": repo.commit,
+                    "siblings": siblings,
+                    "private": False,
+                    "tags": [],
+                },
+            )
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path):
             repo = self.repos.get(m[1])
             if repo is None:

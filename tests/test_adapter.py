@@ -124,8 +124,14 @@ def test_a_file_that_is_not_a_zimage_lora_is_a_user_error(make_config, tmp_path)
 
 def test_resume_with_the_adapter_equals_an_uninterrupted_run(make_config, adapter_file):
     def cfg(name, steps):
-        return make_config({"model": {"assistant_lora_path": adapter_file}, "job": {"name": name},
-                            "train": {"steps": steps, "lr": 1e-2}, "save": {"save_every": 2}})  # fmt: skip
+        return make_config(
+            {
+                "model": {"assistant_lora_path": adapter_file},
+                "job": {"name": name},
+                "train": {"steps": steps, "lr": 1e-2},
+                "save": {"save_every": 2},
+            }
+        )
 
     full, _ = read_lora(run_training(cfg("full", 4)))
     run_training(cfg("split", 2))

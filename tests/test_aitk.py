@@ -54,8 +54,12 @@ def test_the_examples_map_every_setting(name, arch, model, adapter, bias, save_d
     assert (cfg.network.linear, cfg.network.linear_alpha) == (16, 16)
     assert (cfg.save.dtype, cfg.save.save_every, cfg.save.max_step_saves_to_keep) == (save_dtype, 250, 4)
     ds = cfg.datasets[0]
-    assert (ds.folder_path, ds.resolution, ds.cache_latents, ds.caption_dropout_rate) == ("DATA", [512, 768, 1024],
-                                                                                         True, 0.05)  # fmt: skip
+    assert (ds.folder_path, ds.resolution, ds.cache_latents, ds.caption_dropout_rate) == (
+        "DATA",
+        [512, 768, 1024],
+        True,
+        0.05,
+    )
     t = cfg.train
     assert (t.steps, t.lr, t.weight_decay, t.timestep_type, t.timestep_bias) == (
         3000,
@@ -72,23 +76,46 @@ def test_the_examples_map_every_setting(name, arch, model, adapter, bias, save_d
     )
     assert cfg.sample.walk_seed and cfg.sample.sample_every == 250
     text = "\n".join(notes)
-    assert (cfg.model.quantize, cfg.model.qtype, cfg.model.quantize_te, cfg.model.qtype_te) == (True, "float8", True,
-                                                                                                "float8")  # fmt: skip
-    for unsupported in ("train.switch_boundary_every: no zlora equivalent", "logging: no zlora equivalent",
-                        "model.low_vram: no zlora equivalent", "datasets[0].flip_y: no zlora equivalent"):  # fmt: skip
+    assert (cfg.model.quantize, cfg.model.qtype, cfg.model.quantize_te, cfg.model.qtype_te) == (
+        True,
+        "float8",
+        True,
+        "float8",
+    )
+    for unsupported in (
+        "train.switch_boundary_every: no zlora equivalent",
+        "logging: no zlora equivalent",
+        "model.low_vram: no zlora equivalent",
+        "datasets[0].flip_y: no zlora equivalent",
+    ):
         assert unsupported in text
-    for mapped_note in ("training_folder -> job.output_dir", "config.name -> job.name", "train.dtype -> model.dtype",
-                        "train.optimizer_params.weight_decay -> train.weight_decay",
-                        "datasets[0].cache_latents_to_disk -> datasets[0].cache_latents"):  # fmt: skip
+    for mapped_note in (
+        "training_folder -> job.output_dir",
+        "config.name -> job.name",
+        "train.dtype -> model.dtype",
+        "train.optimizer_params.weight_decay -> train.weight_decay",
+        "datasets[0].cache_latents_to_disk -> datasets[0].cache_latents",
+    ):
         assert mapped_note in text
 
 
 def test_zlora_train_runs_an_ai_toolkit_job_and_names_what_it_dropped(tmp_path, dataset_dir):
     job = _job("turbo", tmp_path, dataset_dir)
-    overrides = ["model.name_or_path=builtin:tiny", "model.assistant_lora_path=null", "model.dtype=fp32",
-                 "model.quantize=false", "model.quantize_te=false",
-                 "job.device=cpu", "train.optimizer=adamw", "train.steps=2", "train.gradient_checkpointing=false",
-                 "datasets.0.resolution=[32]", "sample.prompts=[]", "network.linear=4", "network.linear_alpha=4"]  # fmt: skip
+    overrides = [
+        "model.name_or_path=builtin:tiny",
+        "model.assistant_lora_path=null",
+        "model.dtype=fp32",
+        "model.quantize=false",
+        "model.quantize_te=false",
+        "job.device=cpu",
+        "train.optimizer=adamw",
+        "train.steps=2",
+        "train.gradient_checkpointing=false",
+        "datasets.0.resolution=[32]",
+        "sample.prompts=[]",
+        "network.linear=4",
+        "network.linear_alpha=4",
+    ]
     r = subprocess.run([*ZLORA, "train", str(job), *overrides], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ai-toolkit job: train.switch_boundary_every: no zlora equivalent" in r.stderr

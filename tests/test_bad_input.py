@@ -26,7 +26,7 @@ def _lora(transformer, seed: int, rank: int = 4) -> dict[str, LoraModule]:
             torch.randn(rank, mod.in_features, generator=g) * 0.1,
             torch.randn(mod.out_features, rank, generator=g) * 0.1,
             2.0,
-        )  # fmt: skip
+        )
         for name, mod in transformer.named_modules()
         if name.startswith("layers.") and name.endswith(TARGETS)
     }
@@ -54,11 +54,21 @@ def ws(tmp_path_factory, tiny_dir) -> Path:
         f"lora_unet_down_blocks_0_attentions_0_proj_in.lora_{d}.weight": torch.zeros(4, 4)
         for d in ("down", "up")
     }
-    save_file({**sdxl, "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 4),
-               "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(4, 4)},
-              str(root / "sdxl.safetensors"))  # fmt: skip
-    save_file({f"transformer.single_transformer_blocks.0.attn.to_q.lora_{d}.weight": torch.zeros(4, 4)
-               for d in ("A", "B")}, str(root / "flux.safetensors"))  # fmt: skip
+    save_file(
+        {
+            **sdxl,
+            "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 4),
+            "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(4, 4),
+        },
+        str(root / "sdxl.safetensors"),
+    )
+    save_file(
+        {
+            f"transformer.single_transformer_blocks.0.attn.to_q.lora_{d}.weight": torch.zeros(4, 4)
+            for d in ("A", "B")
+        },
+        str(root / "flux.safetensors"),
+    )
     (root / "empty.safetensors").write_bytes(b"")
     good = (root / "a.safetensors").read_bytes()
     (root / "truncated.safetensors").write_bytes(good[: len(good) // 2])
@@ -84,93 +94,307 @@ def _run(args: list[str], capsys) -> tuple[int, str]:
 
 CASES = [
     # ---- data loss: outputs over inputs, into the model folder, over existing files
-    ("bake-into-model", ["lora", "bake", "--base", "{ws}/model", "--lora", "{ws}/a.safetensors",
-                         "--out", "{ws}/model/transformer/diffusion_pytorch_model.safetensors"], "inside the model folder"),
-    ("bake-folder-in-model", ["lora", "bake", "--base", "{ws}/model", "--lora", "{ws}/a.safetensors",
-                              "-o", "{ws}/model"], "inside the model folder"),
-    ("bake-over-lora", ["lora", "bake", "--base", "{ws}/model", "--lora", "{ws}/a.safetensors",
-                        "-o", "{ws}/a.safetensors"], "also an input"),
-    ("convert-over-input", ["lora", "convert", "{ws}/a.safetensors", "{ws}/a.safetensors", "--to", "kohya"],
-     "also an input"),
-    ("convert-over-input-dotted", ["lora", "convert", "{ws}/a.safetensors", "-o", "{ws}/./a.safetensors",
-                                   "--to", "kohya"], "also an input"),
-    ("scale-over-input", ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/a.safetensors", "--ratio", "2"],
-     "also an input"),
-    ("merge-over-input", ["lora", "merge", "{ws}/a.safetensors", "{ws}/b.safetensors:0.5", "-o", "{ws}/b.safetensors"],
-     "also an input"),
-    ("resize-over-input", ["lora", "resize", "{ws}/a.safetensors", "{ws}/a.safetensors", "--rank", "2"],
-     "also an input"),
-    ("extract-over-input", ["lora", "extract", "--base", "{ws}/model", "--tuned", "{ws}/model", "--rank", "2",
-                            "-o", "{ws}/model/transformer/diffusion_pytorch_model.safetensors"], "also an input"),
-    ("convert-existing", ["lora", "convert", "{ws}/a.safetensors", "-o", "{ws}/existing.safetensors", "--to", "kohya"],
-     "exists; add --overwrite"),
-    ("generate-existing", ["generate", "--model", "{ws}/model", "--prompt", "x", "-o", "{ws}/existing.safetensors"],
-     "image file name"),
-    ("two-outputs", ["lora", "convert", "{ws}/a.safetensors", "{ws}/x.safetensors", "-o", "{ws}/y.safetensors",
-                     "--to", "kohya"], "two outputs"),
+    (
+        "bake-into-model",
+        [
+            "lora",
+            "bake",
+            "--base",
+            "{ws}/model",
+            "--lora",
+            "{ws}/a.safetensors",
+            "--out",
+            "{ws}/model/transformer/diffusion_pytorch_model.safetensors",
+        ],
+        "inside the model folder",
+    ),
+    (
+        "bake-folder-in-model",
+        ["lora", "bake", "--base", "{ws}/model", "--lora", "{ws}/a.safetensors", "-o", "{ws}/model"],
+        "inside the model folder",
+    ),
+    (
+        "bake-over-lora",
+        ["lora", "bake", "--base", "{ws}/model", "--lora", "{ws}/a.safetensors", "-o", "{ws}/a.safetensors"],
+        "also an input",
+    ),
+    (
+        "convert-over-input",
+        ["lora", "convert", "{ws}/a.safetensors", "{ws}/a.safetensors", "--to", "kohya"],
+        "also an input",
+    ),
+    (
+        "convert-over-input-dotted",
+        ["lora", "convert", "{ws}/a.safetensors", "-o", "{ws}/./a.safetensors", "--to", "kohya"],
+        "also an input",
+    ),
+    (
+        "scale-over-input",
+        ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/a.safetensors", "--ratio", "2"],
+        "also an input",
+    ),
+    (
+        "merge-over-input",
+        ["lora", "merge", "{ws}/a.safetensors", "{ws}/b.safetensors:0.5", "-o", "{ws}/b.safetensors"],
+        "also an input",
+    ),
+    (
+        "resize-over-input",
+        ["lora", "resize", "{ws}/a.safetensors", "{ws}/a.safetensors", "--rank", "2"],
+        "also an input",
+    ),
+    (
+        "extract-over-input",
+        [
+            "lora",
+            "extract",
+            "--base",
+            "{ws}/model",
+            "--tuned",
+            "{ws}/model",
+            "--rank",
+            "2",
+            "-o",
+            "{ws}/model/transformer/diffusion_pytorch_model.safetensors",
+        ],
+        "also an input",
+    ),
+    (
+        "convert-existing",
+        ["lora", "convert", "{ws}/a.safetensors", "-o", "{ws}/existing.safetensors", "--to", "kohya"],
+        "exists; add --overwrite",
+    ),
+    (
+        "generate-existing",
+        ["generate", "--model", "{ws}/model", "--prompt", "x", "-o", "{ws}/existing.safetensors"],
+        "image file name",
+    ),
+    (
+        "two-outputs",
+        [
+            "lora",
+            "convert",
+            "{ws}/a.safetensors",
+            "{ws}/x.safetensors",
+            "-o",
+            "{ws}/y.safetensors",
+            "--to",
+            "kohya",
+        ],
+        "two outputs",
+    ),
     ("no-output", ["lora", "resize", "{ws}/a.safetensors", "--rank", "2"], "no output given"),
     # ---- exit 0 with useless output before
-    ("generate-nan-lora", ["generate", "--model", "{ws}/model", "--prompt", "x", "--lora", "{ws}/nan.safetensors",
-                           "-o", "{ws}/new.png"], "NaN"),
-    ("resize-rank-negative", ["lora", "resize", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--rank", "-3"],
-     "positive integer"),
-    ("resize-rank-zero", ["lora", "resize", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--rank", "0"],
-     "positive integer"),
-    ("merge-rank-zero", ["lora", "merge", "{ws}/a.safetensors", "{ws}/b.safetensors", "-o", "{ws}/new.safetensors",
-                         "--rank", "0"], "positive integer"),
-    ("convert-sdxl", ["lora", "convert", "{ws}/sdxl.safetensors", "-o", "{ws}/new.safetensors", "--to", "zlora"],
-     "SDXL"),
-    ("merge-sdxl", ["lora", "merge", "{ws}/a.safetensors", "{ws}/sdxl.safetensors", "-o", "{ws}/new.safetensors"],
-     "SDXL"),
+    (
+        "generate-nan-lora",
+        [
+            "generate",
+            "--model",
+            "{ws}/model",
+            "--prompt",
+            "x",
+            "--lora",
+            "{ws}/nan.safetensors",
+            "-o",
+            "{ws}/new.png",
+        ],
+        "NaN",
+    ),
+    (
+        "resize-rank-negative",
+        ["lora", "resize", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--rank", "-3"],
+        "positive integer",
+    ),
+    (
+        "resize-rank-zero",
+        ["lora", "resize", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--rank", "0"],
+        "positive integer",
+    ),
+    (
+        "merge-rank-zero",
+        [
+            "lora",
+            "merge",
+            "{ws}/a.safetensors",
+            "{ws}/b.safetensors",
+            "-o",
+            "{ws}/new.safetensors",
+            "--rank",
+            "0",
+        ],
+        "positive integer",
+    ),
+    (
+        "convert-sdxl",
+        ["lora", "convert", "{ws}/sdxl.safetensors", "-o", "{ws}/new.safetensors", "--to", "zlora"],
+        "SDXL",
+    ),
+    (
+        "merge-sdxl",
+        ["lora", "merge", "{ws}/a.safetensors", "{ws}/sdxl.safetensors", "-o", "{ws}/new.safetensors"],
+        "SDXL",
+    ),
     ("inspect-flux", ["lora", "inspect", "{ws}/flux.safetensors"], "Flux"),
-    ("scale-flux", ["lora", "scale", "{ws}/flux.safetensors", "-o", "{ws}/new.safetensors"], "--allow-foreign"),
-    ("generate-sdxl", ["generate", "--model", "{ws}/model", "--prompt", "x", "--lora", "{ws}/sdxl.safetensors",
-                       "-o", "{ws}/new.png"], "SDXL"),
-    ("bake-sdxl", ["lora", "bake", "--base", "{ws}/model", "--lora", "{ws}/sdxl.safetensors", "-o", "{ws}/new.safetensors"],
-     "SDXL"),
-    ("layers-match-nothing", ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--layers", "40-49:0.5"],
-     "does not have"),
-    ("layers-overlap", ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--layers", "0-1:0.5,1:2"],
-     "overlaps"),
-    ("component-match-nothing", ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--adaln", "0"],
-     "matches no module"),
-    ("merge-layers-match-nothing", ["lora", "merge", "{ws}/a.safetensors[layers=7-9:0.5]", "-o", "{ws}/new.safetensors"],
-     "does not have"),
+    (
+        "scale-flux",
+        ["lora", "scale", "{ws}/flux.safetensors", "-o", "{ws}/new.safetensors"],
+        "--allow-foreign",
+    ),
+    (
+        "generate-sdxl",
+        [
+            "generate",
+            "--model",
+            "{ws}/model",
+            "--prompt",
+            "x",
+            "--lora",
+            "{ws}/sdxl.safetensors",
+            "-o",
+            "{ws}/new.png",
+        ],
+        "SDXL",
+    ),
+    (
+        "bake-sdxl",
+        [
+            "lora",
+            "bake",
+            "--base",
+            "{ws}/model",
+            "--lora",
+            "{ws}/sdxl.safetensors",
+            "-o",
+            "{ws}/new.safetensors",
+        ],
+        "SDXL",
+    ),
+    (
+        "layers-match-nothing",
+        ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--layers", "40-49:0.5"],
+        "does not have",
+    ),
+    (
+        "layers-overlap",
+        ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--layers", "0-1:0.5,1:2"],
+        "overlaps",
+    ),
+    (
+        "component-match-nothing",
+        ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--adaln", "0"],
+        "matches no module",
+    ),
+    (
+        "merge-layers-match-nothing",
+        ["lora", "merge", "{ws}/a.safetensors[layers=7-9:0.5]", "-o", "{ws}/new.safetensors"],
+        "does not have",
+    ),
     # ---- tracebacks before
-    ("endpoint-unreachable", ["models", "pull", "acme/x", "--endpoint", "http://127.0.0.1:9", "--models-dir",
-                              "{ws}/models"], "cannot reach http://127.0.0.1:9"),
-    ("endpoint-malformed", ["models", "pull", "acme/x", "--endpoint", "htp:/nowhere", "--models-dir", "{ws}/models"],
-     "is not a URL"),
+    (
+        "endpoint-unreachable",
+        ["models", "pull", "acme/x", "--endpoint", "http://127.0.0.1:9", "--models-dir", "{ws}/models"],
+        "cannot reach http://127.0.0.1:9",
+    ),
+    (
+        "endpoint-malformed",
+        ["models", "pull", "acme/x", "--endpoint", "htp:/nowhere", "--models-dir", "{ws}/models"],
+        "is not a URL",
+    ),
     ("pull-to-file", ["models", "pull", "acme/x", "--to", "{ws}/plainfile"], "is a file"),
     ("inspect-empty", ["lora", "inspect", "{ws}/empty.safetensors"], "empty.safetensors: the file is empty"),
     ("inspect-truncated", ["lora", "inspect", "{ws}/truncated.safetensors"], "truncated"),
     ("inspect-text", ["lora", "inspect", "{ws}/text.safetensors"], "not a valid safetensors"),
     ("inspect-pickle", ["lora", "inspect", "{ws}/pickle.safetensors"], "pickle"),
-    ("convert-empty", ["lora", "convert", "{ws}/empty.safetensors", "-o", "{ws}/new.safetensors", "--to", "kohya"],
-     "the file is empty"),
-    ("merge-truncated", ["lora", "merge", "{ws}/a.safetensors", "{ws}/truncated.safetensors", "-o",
-                         "{ws}/new.safetensors"], "truncated"),
-    ("resize-text", ["lora", "resize", "{ws}/text.safetensors", "-o", "{ws}/new.safetensors", "--rank", "2"],
-     "not a valid"),
-    ("extract-truncated", ["lora", "extract", "--base", "{ws}/model", "--tuned", "{ws}/truncated.safetensors",
-                           "--rank", "2", "-o", "{ws}/new.safetensors"], "truncated"),
-    ("generate-empty-lora", ["generate", "--model", "{ws}/model", "--prompt", "x", "--lora", "{ws}/empty.safetensors",
-                             "-o", "{ws}/new.png"], "the file is empty"),
-    ("rank-mismatch", ["lora", "inspect", "{ws}/mismatch.safetensors"], "has rank 4 but lora_B/up has rank 3"),
-    ("output-under-file", ["lora", "convert", "{ws}/a.safetensors", "-o", "{ws}/plainfile/new.safetensors",
-                           "--to", "kohya"], "is a file, not a folder"),
-    ("relative-model-missing", ["generate", "--model", "./no/such/model", "--prompt", "x", "-o", "{ws}/new.png"],
-     "folder not found"),
-    ("generate-steps-zero", ["generate", "--model", "{ws}/model", "--prompt", "x", "--steps", "0", "-o", "{ws}/new.png"],
-     "--steps 0"),
-    ("lora-bad-weight", ["generate", "--model", "{ws}/model", "--prompt", "x", "--lora", "{ws}/a.safetensors:strong",
-                         "-o", "{ws}/new.png"], "must be a number"),
+    (
+        "convert-empty",
+        ["lora", "convert", "{ws}/empty.safetensors", "-o", "{ws}/new.safetensors", "--to", "kohya"],
+        "the file is empty",
+    ),
+    (
+        "merge-truncated",
+        ["lora", "merge", "{ws}/a.safetensors", "{ws}/truncated.safetensors", "-o", "{ws}/new.safetensors"],
+        "truncated",
+    ),
+    (
+        "resize-text",
+        ["lora", "resize", "{ws}/text.safetensors", "-o", "{ws}/new.safetensors", "--rank", "2"],
+        "not a valid",
+    ),
+    (
+        "extract-truncated",
+        [
+            "lora",
+            "extract",
+            "--base",
+            "{ws}/model",
+            "--tuned",
+            "{ws}/truncated.safetensors",
+            "--rank",
+            "2",
+            "-o",
+            "{ws}/new.safetensors",
+        ],
+        "truncated",
+    ),
+    (
+        "generate-empty-lora",
+        [
+            "generate",
+            "--model",
+            "{ws}/model",
+            "--prompt",
+            "x",
+            "--lora",
+            "{ws}/empty.safetensors",
+            "-o",
+            "{ws}/new.png",
+        ],
+        "the file is empty",
+    ),
+    (
+        "rank-mismatch",
+        ["lora", "inspect", "{ws}/mismatch.safetensors"],
+        "has rank 4 but lora_B/up has rank 3",
+    ),
+    (
+        "output-under-file",
+        ["lora", "convert", "{ws}/a.safetensors", "-o", "{ws}/plainfile/new.safetensors", "--to", "kohya"],
+        "is a file, not a folder",
+    ),
+    (
+        "relative-model-missing",
+        ["generate", "--model", "./no/such/model", "--prompt", "x", "-o", "{ws}/new.png"],
+        "folder not found",
+    ),
+    (
+        "generate-steps-zero",
+        ["generate", "--model", "{ws}/model", "--prompt", "x", "--steps", "0", "-o", "{ws}/new.png"],
+        "--steps 0",
+    ),
+    (
+        "lora-bad-weight",
+        [
+            "generate",
+            "--model",
+            "{ws}/model",
+            "--prompt",
+            "x",
+            "--lora",
+            "{ws}/a.safetensors:strong",
+            "-o",
+            "{ws}/new.png",
+        ],
+        "must be a number",
+    ),
     ("lora-missing", ["lora", "inspect", "{ws}/nope.safetensors"], "not found"),
     # ---- one CLI convention
-    ("scale-old-out-multiplier", ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--out", "0.5"],
-     "--attn-out 0.5"),
+    (
+        "scale-old-out-multiplier",
+        ["lora", "scale", "{ws}/a.safetensors", "-o", "{ws}/new.safetensors", "--out", "0.5"],
+        "--attn-out 0.5",
+    ),
     ("scale-old-out-file", ["lora", "scale", "{ws}/a.safetensors", "--out", "{ws}/new.safetensors"], "-o "),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("name,args,message", CASES, ids=[c[0] for c in CASES])
@@ -196,8 +420,19 @@ def test_malformed_hf_endpoint_from_the_environment(ws, capsys, monkeypatch):
 def test_allow_foreign_processes_a_foreign_lora_with_its_keys(ws, tmp_path, capsys):
     from zlora.utils.st import read_tensors
 
-    code, err = _run(["lora", "scale", str(ws / "sdxl.safetensors"), "-o", str(tmp_path / "s.safetensors"),
-                      "--ratio", "0.5", "--allow-foreign"], capsys)  # fmt: skip
+    code, err = _run(
+        [
+            "lora",
+            "scale",
+            str(ws / "sdxl.safetensors"),
+            "-o",
+            str(tmp_path / "s.safetensors"),
+            "--ratio",
+            "0.5",
+            "--allow-foreign",
+        ],
+        capsys,
+    )
     assert code == 0, err
     src, _ = read_tensors(ws / "sdxl.safetensors")
     out, _ = read_tensors(tmp_path / "s.safetensors")
@@ -211,8 +446,9 @@ def test_overwrite_replaces_an_existing_output(ws, tmp_path, capsys):
     out.write_bytes(b"old")
     code, _ = _run(["lora", "convert", str(ws / "a.safetensors"), "-o", str(out), "--to", "kohya"], capsys)
     assert code == 2 and out.read_bytes() == b"old"
-    code, err = _run(["lora", "convert", str(ws / "a.safetensors"), "-o", str(out), "--to", "kohya",
-                      "--overwrite"], capsys)  # fmt: skip
+    code, err = _run(
+        ["lora", "convert", str(ws / "a.safetensors"), "-o", str(out), "--to", "kohya", "--overwrite"], capsys
+    )
     assert code == 0, err
     assert out.read_bytes() != b"old"
 
@@ -221,8 +457,18 @@ def test_outputs_get_the_umask_and_identical_content_gives_identical_bytes(ws, t
     old = os.umask(0o022)
     try:
         for name in ("x", "y"):
-            code, err = _run(["lora", "convert", str(ws / "a.safetensors"), "-o", str(tmp_path / f"{name}.safetensors"),
-                              "--to", "diffusers"], capsys)  # fmt: skip
+            code, err = _run(
+                [
+                    "lora",
+                    "convert",
+                    str(ws / "a.safetensors"),
+                    "-o",
+                    str(tmp_path / f"{name}.safetensors"),
+                    "--to",
+                    "diffusers",
+                ],
+                capsys,
+            )
             assert code == 0, err
     finally:
         os.umask(old)

@@ -17,8 +17,22 @@ def test_lora_argument_weight_parsing():
 def test_generate_applies_the_lora_at_its_weight(make_config, tmp_path):
     cfg = make_config({"train": {"steps": 3, "lr": 2e-2}})
     lora = run_training(cfg)
-    common = [*ZLORA, "generate", "--model", "builtin:tiny", "--prompt", "a swatch", "--steps", "3",
-              "--width", "32", "--height", "32", "--seed", "1"]  # fmt: skip
+    common = [
+        *ZLORA,
+        "generate",
+        "--model",
+        "builtin:tiny",
+        "--prompt",
+        "a swatch",
+        "--steps",
+        "3",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--seed",
+        "1",
+    ]
     outs = {}
     for name, extra in (("base", []), ("full", ["--lora", str(lora)]), ("zero", ["--lora", f"{lora}:0"])):
         out = tmp_path / f"{name}.png"
@@ -32,8 +46,22 @@ def test_generate_applies_the_lora_at_its_weight(make_config, tmp_path):
 
 def test_generate_rejects_a_folder_as_lora_and_names_the_files(tmp_path):
     (tmp_path / "a.safetensors").write_bytes(b"")
-    r = subprocess.run([*ZLORA, "generate", "--model", "builtin:tiny", "--prompt", "x", "--lora", str(tmp_path),
-                        "--out", str(tmp_path / "o.png")], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "generate",
+            "--model",
+            "builtin:tiny",
+            "--prompt",
+            "x",
+            "--lora",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "is a folder" in r.stderr and "a.safetensors" in r.stderr
 
@@ -70,10 +98,33 @@ def test_a_hub_model_complete_in_the_hf_cache_is_used_offline(tiny_dir, tmp_path
     shutil.copytree(tiny_dir, repo / "snapshots" / commit)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "o.png"
-    r = subprocess.run([*ZLORA, "generate", "--model", "acme/tiny-zimage", "--prompt", "x", "--steps", "2",
-                        "--width", "32", "--height", "32", "--out", str(out)], capture_output=True, text=True, env=env)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "generate",
+            "--model",
+            "acme/tiny-zimage",
+            "--prompt",
+            "x",
+            "--steps",
+            "2",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert Image.open(out).size == (32, 32)
-    r = subprocess.run([*ZLORA, "generate", "--model", "acme/other", "--prompt", "x", "--out", str(tmp_path / "p.png")],
-                       capture_output=True, text=True, env=env)  # fmt: skip
+    r = subprocess.run(
+        [*ZLORA, "generate", "--model", "acme/other", "--prompt", "x", "--out", str(tmp_path / "p.png")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2 and "acme/other" in r.stderr and "Traceback" not in r.stderr

@@ -30,11 +30,15 @@ def test_scan_pairs_captions_default_caption_and_extensions(tmp_path):
         _ds(tmp_path, caption_ext=".caption", default_caption="fallback", resolution=[16, 32]), 0, None
     )
     assert [(e.image.name, e.caption, e.bucket) for e in scan.entries] == [
-        ("a.JPEG", "a blue thing", (16, 16)), ("a.JPEG", "a blue thing", (32, 32)),
-        ("b.PNG", "fallback", (16, 16)), ("b.PNG", "fallback", (32, 32)),
-        ("c.webp", "fallback", (16, 16)), ("c.webp", "fallback", (32, 32)),
-        ("d.bmp", "fallback", (16, 16)), ("d.bmp", "fallback", (32, 32)),
-    ]  # fmt: skip
+        ("a.JPEG", "a blue thing", (16, 16)),
+        ("a.JPEG", "a blue thing", (32, 32)),
+        ("b.PNG", "fallback", (16, 16)),
+        ("b.PNG", "fallback", (32, 32)),
+        ("c.webp", "fallback", (16, 16)),
+        ("c.webp", "fallback", (32, 32)),
+        ("d.bmp", "fallback", (16, 16)),
+        ("d.bmp", "fallback", (32, 32)),
+    ]
 
 
 def test_trigger_word_replaced_prepended_switchable_and_overridable(tmp_path):
@@ -47,8 +51,11 @@ def test_trigger_word_replaced_prepended_switchable_and_overridable(tmp_path):
         Image.new("RGB", (32, 32)).save(tmp_path / f"{name}.png")
         (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
     assert _captions(tmp_path, "zlr", resolution=16) == {
-        "a.png": "photo of zlr on a beach", "b.png": "zlr, a cat", "c.png": "zlr in snow", "d.png": "zlr",
-    }  # fmt: skip
+        "a.png": "photo of zlr on a beach",
+        "b.png": "zlr, a cat",
+        "c.png": "zlr in snow",
+        "d.png": "zlr",
+    }
     assert _captions(tmp_path, "zlr", resolution=16, add_trigger_word=False)["b.png"] == "a cat"
     own = _captions(tmp_path, "zlr", resolution=16, trigger_word="sks")  # per-dataset override wins
     assert own["a.png"] == "photo of sks on a beach" and own["c.png"] == "sks, zlr in snow"

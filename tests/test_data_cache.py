@@ -37,10 +37,13 @@ def mixed_dir(tmp_path_factory):
 def _data(make_config, folder, model=None, calls=None, cache_text=False, **ds):
     """TrainData over one dataset, latents and texts prepared; ``calls`` counts text-encoder loads."""
     model = model or builtin_tiny_path()
-    cfg = make_config({
-        "datasets": [{"folder_path": str(folder), "resolution": 48, "caption_dropout_rate": 0.0, **ds}],
-        "train": {"cache_text_embeddings": cache_text}, "sample": {"prompts": ["a preview prompt"]},
-    })  # fmt: skip
+    cfg = make_config(
+        {
+            "datasets": [{"folder_path": str(folder), "resolution": 48, "caption_dropout_rate": 0.0, **ds}],
+            "train": {"cache_text_embeddings": cache_text},
+            "sample": {"prompts": ["a preview prompt"]},
+        }
+    )
     data = TrainData(cfg, model, CPU)
     data.prepare_latents(_vae(model))
 
@@ -159,11 +162,22 @@ def test_bad_files_are_skipped_with_a_summary_unless_nothing_is_usable(make_conf
 def test_batch_size_4_over_mixed_aspect_ratios_trains_from_one_bucket_per_batch(
     make_config, mixed_dir, tmp_path
 ):
-    cfg = make_config({
-        "train": {"steps": 6, "batch_size": 4, "cache_text_embeddings": True},
-        "datasets": [{"folder_path": str(mixed_dir), "resolution": [48, 32], "flip_x": True, "cache_latents": True,
-                      "cache_dir": str(tmp_path / "cache"), "caption_dropout_rate": 0.2, "num_repeats": 2}],
-    })  # fmt: skip
+    cfg = make_config(
+        {
+            "train": {"steps": 6, "batch_size": 4, "cache_text_embeddings": True},
+            "datasets": [
+                {
+                    "folder_path": str(mixed_dir),
+                    "resolution": [48, 32],
+                    "flip_x": True,
+                    "cache_latents": True,
+                    "cache_dir": str(tmp_path / "cache"),
+                    "caption_dropout_rate": 0.2,
+                    "num_repeats": 2,
+                }
+            ],
+        }
+    )
     t = Trainer(cfg)
     t.setup()
     buckets = {e.bucket for e in t.data.entries}
@@ -179,11 +193,20 @@ def test_batch_size_4_over_mixed_aspect_ratios_trains_from_one_bucket_per_batch(
 
 
 def test_several_datasets_keep_their_own_trigger_repeats_and_dropout(make_config, mixed_dir, dataset_dir):
-    cfg = make_config({"datasets": [
-        {"folder_path": str(mixed_dir), "resolution": 48, "num_repeats": 3, "trigger_word": "sks",
-         "caption_dropout_rate": 1.0},
-        {"folder_path": str(dataset_dir), "resolution": 32, "caption_dropout_rate": 0.0},
-    ]})  # fmt: skip
+    cfg = make_config(
+        {
+            "datasets": [
+                {
+                    "folder_path": str(mixed_dir),
+                    "resolution": 48,
+                    "num_repeats": 3,
+                    "trigger_word": "sks",
+                    "caption_dropout_rate": 1.0,
+                },
+                {"folder_path": str(dataset_dir), "resolution": 32, "caption_dropout_rate": 0.0},
+            ]
+        }
+    )
     data = TrainData(cfg, builtin_tiny_path(), CPU)
     first, second = [[e for e in data.entries if e.dataset == d] for d in (0, 1)]
     assert len(first) == 8 and all(e.caption.startswith("sks shape") for e in first)
@@ -218,8 +241,11 @@ def test_component_identity_uses_the_manifest_hash_when_there_is_one(tiny_dir, t
     model = tmp_path / "model"
     shutil.copytree(tiny_dir, model)
     sampled = fingerprint(model / "vae")
-    files = {str(p.relative_to(model)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in (model / "vae").rglob("*") if p.is_file()}  # fmt: skip
+    files = {
+        str(p.relative_to(model)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in (model / "vae").rglob("*")
+        if p.is_file()
+    }
     write_manifest(model, {"repo": "a/b", "commit": "0" * 40, "files": files})
     listed = fingerprint(model / "vae")
     assert listed != sampled

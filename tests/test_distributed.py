@@ -24,9 +24,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _config(make_config, tmp_path: Path, name: str, batch: int, steps: int = 40) -> Path:
-    data = make_config({"job": {"name": name, "device": "cpu"},
-                        "train": {"steps": steps, "batch_size": batch, "gradient_accumulation": 2, "seed": 3},
-                        "save": {"save_every": 4, "max_step_saves_to_keep": 10}}, as_dict=True)  # fmt: skip
+    data = make_config(
+        {
+            "job": {"name": name, "device": "cpu"},
+            "train": {"steps": steps, "batch_size": batch, "gradient_accumulation": 2, "seed": 3},
+            "save": {"save_every": 4, "max_step_saves_to_keep": 10},
+        },
+        as_dict=True,
+    )
     data["datasets"][0]["caption_dropout_rate"] = 0.25
     path = tmp_path / f"{name}-{batch}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -68,8 +73,13 @@ def test_two_processes_of_batch_1_train_the_lora_of_one_process_of_batch_2(make_
 def test_kill_9_of_the_group_then_the_same_command_resumes_and_matches(make_config, tmp_path, reference):
     cfg = _config(make_config, tmp_path, "killed", 1)
     run = Path(yaml.safe_load(cfg.read_text())["job"]["output_dir"]) / "killed"
-    proc = subprocess.Popen([*TORCHRUN, "-m", "zlora", "train", str(cfg)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*TORCHRUN, "-m", "zlora", "train", str(cfg)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     end = time.monotonic() + 180
     while not (run / "checkpoints" / "step-000004" / "state.pt").is_file():
         assert proc.poll() is None and time.monotonic() < end, "no checkpoint before the launch ended"

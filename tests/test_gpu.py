@@ -24,8 +24,13 @@ def test_bf16_run_on_cuda(make_config):
 def test_compiled_and_eager_train_the_same_lora(make_config, tmp_path):
     runs = {}
     for name, compile_ in (("eager", False), ("compiled", True)):
-        cfg = make_config({"job": {"device": "cuda", "name": name}, "model": {"dtype": "fp32"},
-                           "train": {"compile": compile_, "steps": 3}})  # fmt: skip
+        cfg = make_config(
+            {
+                "job": {"device": "cuda", "name": name},
+                "model": {"dtype": "fp32"},
+                "train": {"compile": compile_, "steps": 3},
+            }
+        )
         runs[name] = _lora(run_training(cfg))
     for k in runs["eager"]:
         torch.testing.assert_close(runs["compiled"][k], runs["eager"][k], rtol=1e-3, atol=1e-4)

@@ -193,8 +193,11 @@ def test_export_from_a_fabricated_hf_cache_hardlinks_and_verifies(tiny_dir, tmp_
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(os.path.relpath(root / "blobs" / blob, link.parent))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    r = subprocess.run([*ZLORA, "models", "export", "acme/tiny", "--to", str(tmp_path / "plain")],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [*ZLORA, "models", "export", "acme/tiny", "--to", str(tmp_path / "plain")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"name_or_path: {tmp_path / 'plain'}" in r.stdout
     out = tmp_path / "plain"
@@ -225,8 +228,9 @@ def test_cli_pull_through_a_mirror_endpoint_and_verify(hub, tmp_path):
     assert r.returncode == 0 and "all files match" in r.stdout
     r = subprocess.run([*ZLORA, "models", "list"], capture_output=True, text=True, env=env)
     assert REPO in r.stdout and "yes" in r.stdout
-    r = subprocess.run([*ZLORA, "models", "pull", "org/missing", "--endpoint", url], capture_output=True, text=True,
-                       env=env)  # fmt: skip
+    r = subprocess.run(
+        [*ZLORA, "models", "pull", "org/missing", "--endpoint", url], capture_output=True, text=True, env=env
+    )
     assert r.returncode == 2 and "no such model" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -241,8 +245,10 @@ def test_verify_without_a_manifest_checks_against_the_hubs_hashes(hub, tmp_path)
     data[-1] ^= 0x10
     (folder / WEIGHTS).write_bytes(bytes(data))
     assert sorted(verify(REPO, settings)) == [
-        f"{WEIGHTS}: wrong hash (differs from the hub)", "vae/config.json: wrong size (2 bytes, expected "
-        f"{len(server.repos[REPO].files['vae/config.json'].data)})"]  # fmt: skip
+        f"{WEIGHTS}: wrong hash (differs from the hub)",
+        "vae/config.json: wrong size (2 bytes, expected "
+        f"{len(server.repos[REPO].files['vae/config.json'].data)})",
+    ]
     with pytest.raises(UserError, match="no manifest to verify against"):
         verify(str(folder), settings)
 
@@ -252,8 +258,13 @@ def test_training_from_a_hub_reference_pulls_once_then_runs_offline(hub, tmp_pat
 
     server, url = hub
     models = str(tmp_path / "models")
-    cfg = make_config({"model": {"name_or_path": REPO}, "hub": {"models_dir": models, "endpoint": url},
-                       "train": {"steps": 1}})  # fmt: skip
+    cfg = make_config(
+        {
+            "model": {"name_or_path": REPO},
+            "hub": {"models_dir": models, "endpoint": url},
+            "train": {"steps": 1},
+        }
+    )
     lora = run_training(cfg)
     run_json = (lora.parent / "run.json").read_text()
     assert (
@@ -261,6 +272,12 @@ def test_training_from_a_hub_reference_pulls_once_then_runs_offline(hub, tmp_pat
         and sha256_file(tmp_path / "models" / "org--tiny-zimage" / WEIGHTS) in run_json
     )
     before = len(server.requests)
-    again = make_config({"model": {"name_or_path": REPO}, "hub": {"models_dir": models, "offline": True},
-                         "train": {"steps": 2}, "job": {"name": "offline"}})  # fmt: skip
+    again = make_config(
+        {
+            "model": {"name_or_path": REPO},
+            "hub": {"models_dir": models, "offline": True},
+            "train": {"steps": 2},
+            "job": {"name": "offline"},
+        }
+    )
     assert run_training(again).is_file() and len(server.requests) == before

@@ -17,7 +17,7 @@ def _random_lora(transformer, seed: int) -> dict[str, LoraModule]:
             torch.randn(4, mod.in_features, generator=g) * 0.2,
             torch.randn(mod.out_features, 4, generator=g) * 0.2,
             2.0,
-        )  # fmt: skip
+        )
         for name, mod in transformer.named_modules()
         if name.startswith(("layers.", "noise_refiner."))
         and name.endswith(("to_q", "to_v", "w2", "adaLN_modulation.0"))
@@ -58,9 +58,11 @@ def test_bake_equals_base_plus_weighted_deltas_and_loads_in_diffusers(tiny_dir, 
     x, t, cap = [torch.randn(16, 1, 4, 4)], torch.tensor([0.6]), [torch.ones(3, 32)]
     with torch.no_grad():
         torch.testing.assert_close(
-            loaded(x, t, cap, return_dict=False)[0][0], pipe.transformer(x, t, cap, return_dict=False)[0][0],
-            rtol=1e-4, atol=1e-5,
-        )  # fmt: skip
+            loaded(x, t, cap, return_dict=False)[0][0],
+            pipe.transformer(x, t, cap, return_dict=False)[0][0],
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_bake_names_modules_that_match_nothing(tiny_dir, tmp_path):
@@ -76,7 +78,20 @@ def test_cli_bake_writes_a_single_file(tiny_dir, tmp_path):
     base = ZImageTransformer2DModel.from_pretrained(tiny_dir, subfolder="transformer")
     save_file(write_modules(_random_lora(base, 3), "kohya"), str(tmp_path / "k.safetensors"))
     out = tmp_path / "baked.safetensors"
-    r = subprocess.run([*ZLORA, "lora", "bake", "--base", "builtin:tiny", "--lora", f"{tmp_path}/k.safetensors:0.5",
-                        "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "lora",
+            "bake",
+            "--base",
+            "builtin:tiny",
+            "--lora",
+            f"{tmp_path}/k.safetensors:0.5",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert load_file(out).keys() == base.state_dict().keys()

@@ -14,8 +14,17 @@ from zlora.lora.tools import merge_loras, scale_lora
 
 def _lora(seed: int, rank: int, alpha: float | None, names=None) -> dict[str, LoraModule]:
     g = torch.Generator().manual_seed(seed)
-    names = names or [f"layers.{i}.{c}" for i in range(3) for c in
-                      ("attention.to_q", "attention.to_k", "attention.to_v", "feed_forward.w1", "adaLN_modulation.0")]  # fmt: skip
+    names = names or [
+        f"layers.{i}.{c}"
+        for i in range(3)
+        for c in (
+            "attention.to_q",
+            "attention.to_k",
+            "attention.to_v",
+            "feed_forward.w1",
+            "adaLN_modulation.0",
+        )
+    ]
     return {
         n: LoraModule(torch.randn(rank, 16, generator=g), torch.randn(24, rank, generator=g), alpha)
         for n in names
@@ -66,8 +75,10 @@ def test_exact_merge_equals_the_weighted_sum_of_deltas(tmp_path):
 
     save_file(write_modules(a, "zlora"), str(tmp_path / "a.safetensors"))
     save_file(write_modules(b, "diffusers"), str(tmp_path / "b.safetensors"))
-    kept = merge_loras([(str(tmp_path / "a.safetensors"), 0.7), (str(tmp_path / "b.safetensors"), -0.4)],
-                       tmp_path / "m.safetensors")  # fmt: skip
+    kept = merge_loras(
+        [(str(tmp_path / "a.safetensors"), 0.7), (str(tmp_path / "b.safetensors"), -0.4)],
+        tmp_path / "m.safetensors",
+    )
     assert kept == {}
     on_disk = read_modules(*read_lora(tmp_path / "m.safetensors")[:1])
     torch.testing.assert_close(
@@ -102,8 +113,21 @@ def test_rank_reduction_is_the_best_approximation_and_reports_kept_energy():
 def test_cli_merge_with_rank_and_scale_option_conflicts(tmp_path):
     save_file(write_modules(_lora(4, 4, 4.0), "zlora"), str(tmp_path / "a.safetensors"))
     save_file(write_modules(_lora(5, 4, 4.0), "zlora"), str(tmp_path / "b.safetensors"))
-    r = subprocess.run([*ZLORA, "lora", "merge", f"{tmp_path}/a.safetensors:0.5", f"{tmp_path}/b.safetensors:0.5",
-                        "-o", str(tmp_path / "m.safetensors"), "--rank", "2"], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "lora",
+            "merge",
+            f"{tmp_path}/a.safetensors:0.5",
+            f"{tmp_path}/b.safetensors:0.5",
+            "-o",
+            str(tmp_path / "m.safetensors"),
+            "--rank",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "kept energy" in r.stdout
     assert (
@@ -112,8 +136,21 @@ def test_cli_merge_with_rank_and_scale_option_conflicts(tmp_path):
         ].shape[0]
         == 2
     )
-    r = subprocess.run([*ZLORA, "lora", "scale", str(tmp_path / "a.safetensors"), str(tmp_path / "c.safetensors"),
-                        "--ffn", "0.5", "--w1", "2"], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "lora",
+            "scale",
+            str(tmp_path / "a.safetensors"),
+            str(tmp_path / "c.safetensors"),
+            "--ffn",
+            "0.5",
+            "--w1",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "--ffn or --w1" in r.stderr
 
 
@@ -128,9 +165,19 @@ def test_merge_applies_each_inputs_own_component_and_layer_weights(tmp_path):
     a, b = _lora(6, 4, 4.0), _lora(7, 4, 4.0)
     save_file(write_modules(a, "zlora"), str(tmp_path / "a.safetensors"))
     save_file(write_modules(b, "zlora"), str(tmp_path / "b.safetensors"))
-    r = subprocess.run([*ZLORA, "lora", "merge", f"{tmp_path}/a.safetensors:0.5[qk=0,layers=2:3]",
-                        f"{tmp_path}/b.safetensors:1", "-o", str(tmp_path / "m.safetensors")],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "lora",
+            "merge",
+            f"{tmp_path}/a.safetensors:0.5[qk=0,layers=2:3]",
+            f"{tmp_path}/b.safetensors:1",
+            "-o",
+            str(tmp_path / "m.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     merged = read_modules(read_lora(tmp_path / "m.safetensors")[0])
     for n in a:

@@ -17,8 +17,9 @@ def _low_rank_lora(seed: int) -> dict[str, LoraModule]:
     out = {}
     for i in range(2):
         for name, fan_in, fan_out in (("attention.to_q", 64, 64), ("feed_forward.w2", 170, 64)):
-            out[f"layers.{i}.{name}"] = LoraModule(torch.randn(3, fan_in, generator=g) * 0.3,
-                                                   torch.randn(fan_out, 3, generator=g) * 0.3, 3.0)  # fmt: skip
+            out[f"layers.{i}.{name}"] = LoraModule(
+                torch.randn(3, fan_in, generator=g) * 0.3, torch.randn(fan_out, 3, generator=g) * 0.3, 3.0
+            )
     return out
 
 
@@ -51,9 +52,25 @@ def test_extract_errors_and_cli(tiny_dir, tmp_path):
     lora = {"layers.1.attention.to_q": LoraModule(torch.randn(2, 64) * 0.3, torch.randn(64, 2) * 0.3, 2.0)}
     bake(tiny_dir, [(lora, 1.0)], tuned)
     out = tmp_path / "x.safetensors"
-    r = subprocess.run([*ZLORA, "lora", "extract", "--base", "builtin:tiny", "--tuned", str(tuned), "--rank", "2",
-                        "-o", str(out)], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "lora",
+            "extract",
+            "--base",
+            "builtin:tiny",
+            "--tuned",
+            str(tuned),
+            "--rank",
+            "2",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     back = read_modules(read_lora(out)[0])
-    torch.testing.assert_close(back["layers.1.attention.to_q"].delta(), lora["layers.1.attention.to_q"].delta(),
-                               rtol=1e-3, atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        back["layers.1.attention.to_q"].delta(), lora["layers.1.attention.to_q"].delta(), rtol=1e-3, atol=1e-4
+    )

@@ -11,8 +11,16 @@ from zlora.lora.formats import LoraModule, detect_format, encode, read_modules, 
 from zlora.lora.tools import convert_lora, delta_norm
 from zlora.models.load import load_components
 
-TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0", "feed_forward.w1",
-           "feed_forward.w2", "feed_forward.w3", "adaLN_modulation.0")  # fmt: skip
+TARGETS = (
+    "attention.to_q",
+    "attention.to_k",
+    "attention.to_v",
+    "attention.to_out.0",
+    "feed_forward.w1",
+    "feed_forward.w2",
+    "feed_forward.w3",
+    "adaLN_modulation.0",
+)
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +146,14 @@ def test_cli_inspect_reports_alpha_equals_rank_for_ai_toolkit_files_and_refuses_
 
 # ComfyUI's Z-Image model (comfy.ldm.lumina NextDiT) names its weights after the original Lumina code: fused qkv,
 # `out`, `q_norm`; diffusers splits q/k/v. This maps a diffusers module name to ComfyUI's.
-COMFY = {"attention.to_q": "attention.qkv", "attention.to_k": "attention.qkv", "attention.to_v": "attention.qkv",
-         "attention.to_out.0": "attention.out", "attention.norm_q": "attention.q_norm",
-         "attention.norm_k": "attention.k_norm"}  # fmt: skip
+COMFY = {
+    "attention.to_q": "attention.qkv",
+    "attention.to_k": "attention.qkv",
+    "attention.to_v": "attention.qkv",
+    "attention.to_out.0": "attention.out",
+    "attention.norm_q": "attention.q_norm",
+    "attention.norm_k": "attention.k_norm",
+}
 
 
 def _comfy_name(name: str) -> str:
@@ -174,8 +187,11 @@ def test_a_reader_of_tensors_only_applies_the_original_delta(modules, fmt, trans
             torch.testing.assert_close(deltas[prefix + name], m.delta(), rtol=1e-6, atol=1e-7)
         return
     # kohya / comfy: every key is a ComfyUI module; q/k/v arrive as one delta on the fused qkv weight
-    comfy_modules = {_comfy_name(n) for n, _ in transformer.named_modules() if n.split(".")[0] in
-                     ("layers", "noise_refiner", "context_refiner") and n.count(".") >= 2}  # fmt: skip
+    comfy_modules = {
+        _comfy_name(n)
+        for n, _ in transformer.named_modules()
+        if n.split(".")[0] in ("layers", "noise_refiner", "context_refiner") and n.count(".") >= 2
+    }
     prefix = "lora_unet_" if fmt == "kohya" else "diffusion_model."
     names = {(p.replace(".", "_") if fmt == "kohya" else p): p for p in comfy_modules}
     expected: dict[str, list] = {}

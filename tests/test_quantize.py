@@ -33,8 +33,12 @@ def test_block_weights_shrink_and_the_output_stays_close(tiny_dir, qtype):
 def test_a_lora_trains_on_quantized_weights_and_loads_in_diffusers(make_config, tiny_dir):
     from diffusers import ZImagePipeline
 
-    cfg = make_config({"model": {"name_or_path": "builtin:tiny", "dtype": "bf16", "quantize": True, "qtype": "qfloat8"},
-                       "train": {"steps": 3}})  # fmt: skip
+    cfg = make_config(
+        {
+            "model": {"name_or_path": "builtin:tiny", "dtype": "bf16", "quantize": True, "qtype": "qfloat8"},
+            "train": {"steps": 3},
+        }
+    )
     assert cfg.model.qtype == "float8"  # ai-toolkit's spelling is accepted
     lora = run_training(cfg)
     pipe = ZImagePipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32)

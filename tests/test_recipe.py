@@ -45,8 +45,13 @@ def test_arch_fills_defaults_explicit_settings_win_and_config_show_prints_them(t
         30,
         4.0,
     )
-    mine = parse_config({"model": {"arch": "zimage:turbo", "name_or_path": "/models/zt", "assistant_lora_path": "v1"},
-                         "sample": {"sample_steps": 4, "guidance_scale": 1.5}, "datasets": DATA})  # fmt: skip
+    mine = parse_config(
+        {
+            "model": {"arch": "zimage:turbo", "name_or_path": "/models/zt", "assistant_lora_path": "v1"},
+            "sample": {"sample_steps": 4, "guidance_scale": 1.5},
+            "datasets": DATA,
+        }
+    )
     assert mine.model.name_or_path == "/models/zt" and mine.model.assistant_lora_path.endswith(
         "adapter_v1.safetensors"
     )
@@ -59,8 +64,11 @@ def test_arch_fills_defaults_explicit_settings_win_and_config_show_prints_them(t
     path.write_text(
         yaml.safe_dump({"model": {"arch": "zimage:deturbo"}, "datasets": [{"folder_path": str(tmp_path)}]})
     )
-    shown = yaml.safe_load(subprocess.run([*ZLORA, "config", "show", str(path)], capture_output=True, text=True,
-                                          check=True).stdout)  # fmt: skip
+    shown = yaml.safe_load(
+        subprocess.run(
+            [*ZLORA, "config", "show", str(path)], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert (
         shown["model"]["name_or_path"] == "ostris/Z-Image-De-Turbo" and shown["sample"]["sample_steps"] == 25
     )
@@ -190,9 +198,10 @@ def _lora(t: Trainer) -> dict[str, torch.Tensor]:
 
 
 def test_differential_guidance_scale_1_is_plain_training(make_config, tmp_path):
-    plain, guided = _trainer(make_config, tmp_path, "a"), _trainer(make_config, tmp_path, "b",
-                                                                   do_differential_guidance=True,
-                                                                   differential_guidance_scale=1.0)  # fmt: skip
+    plain, guided = (
+        _trainer(make_config, tmp_path, "a"),
+        _trainer(make_config, tmp_path, "b", do_differential_guidance=True, differential_guidance_scale=1.0),
+    )
     for t in (plain, guided):
         t.train()
     for (n, a), b in zip(_lora(plain).items(), _lora(guided).values(), strict=True):
@@ -236,8 +245,15 @@ def test_prior_reg_trains_towards_the_base_model_and_reg_captions_get_no_trigger
     base = make_config(as_dict=True)["datasets"][0]
 
     def trainer(name, **flags):
-        t = Trainer(make_config({"job": {"name": name}, "train": {"steps": 3, "lr": 1e-2},
-                                 "datasets": [base, _reg_dataset(tmp_path, **flags)]}))  # fmt: skip
+        t = Trainer(
+            make_config(
+                {
+                    "job": {"name": name},
+                    "train": {"steps": 3, "lr": 1e-2},
+                    "datasets": [base, _reg_dataset(tmp_path, **flags)],
+                }
+            )
+        )
         t.setup()
         return t
 
@@ -262,8 +278,15 @@ def test_prior_reg_trains_towards_the_base_model_and_reg_captions_get_no_trigger
         assert plain._loss(reg, x0, noise, sig, caps).item() > 0
 
     # a run on nothing but prior_reg images has nothing to learn: the LoRA stays exactly where it started
-    only = Trainer(make_config({"job": {"name": "only"}, "train": {"steps": 2, "lr": 1e-2},
-                                "datasets": [_reg_dataset(tmp_path, prior_reg=True)]}))  # fmt: skip
+    only = Trainer(
+        make_config(
+            {
+                "job": {"name": "only"},
+                "train": {"steps": 2, "lr": 1e-2},
+                "datasets": [_reg_dataset(tmp_path, prior_reg=True)],
+            }
+        )
+    )
     only.setup()
     start = _lora(only)
     only.train()
@@ -297,9 +320,15 @@ def test_gradient_accumulation_2x1_matches_batch_2(make_config, tmp_path):
     (one / "a.txt").write_text("a red square")
     grads = {}
     for name, bs, acc in (("batch", 2, 1), ("accum", 1, 2)):
-        cfg = make_config({"job": {"name": name}, "train": {"steps": 2, "batch_size": bs, "gradient_accumulation": acc},
-                           "datasets": [{"folder_path": str(one), "resolution": 32, "num_repeats": 2,
-                                         "caption_dropout_rate": 0.0}]})  # fmt: skip
+        cfg = make_config(
+            {
+                "job": {"name": name},
+                "train": {"steps": 2, "batch_size": bs, "gradient_accumulation": acc},
+                "datasets": [
+                    {"folder_path": str(one), "resolution": 32, "num_repeats": 2, "caption_dropout_rate": 0.0}
+                ],
+            }
+        )
         t = Trainer(cfg)
         t.setup()
         seen = grads[name] = []
@@ -315,9 +344,15 @@ def test_gradient_accumulation_2x1_matches_batch_2(make_config, tmp_path):
 
 
 def test_resume_restores_optimizer_scheduler_ema_and_data_position(make_config, tmp_path):
-    train = {"steps": 6, "lr_scheduler": "cosine_with_restarts", "lr_scheduler_params": {"num_cycles": 2},
-             "gradient_accumulation": 2, "ema_config": {"use_ema": True, "ema_decay": 0.5}, "optimizer": "lion",
-             "lr": 1e-3}  # fmt: skip
+    train = {
+        "steps": 6,
+        "lr_scheduler": "cosine_with_restarts",
+        "lr_scheduler_params": {"num_cycles": 2},
+        "gradient_accumulation": 2,
+        "ema_config": {"use_ema": True, "ema_decay": 0.5},
+        "optimizer": "lion",
+        "lr": 1e-3,
+    }
     whole = Trainer(make_config({"job": {"name": "whole"}, "train": train}))
     whole.setup()
     whole.train()
@@ -340,9 +375,18 @@ def test_resume_restores_optimizer_scheduler_ema_and_data_position(make_config, 
 
 
 def test_preview_settings_per_prompt_walk_seed_and_network_multiplier(make_config, tmp_path):
-    sample = parse_config({"datasets": DATA, "sample": {
-        "prompts": ["a", {"prompt": "b", "width": 64, "seed": 7, "neg": "blurry"}], "walk_seed": True,
-        "seed": 10, "width": 32, "height": 48}}).sample  # fmt: skip
+    sample = parse_config(
+        {
+            "datasets": DATA,
+            "sample": {
+                "prompts": ["a", {"prompt": "b", "width": 64, "seed": 7, "neg": "blurry"}],
+                "walk_seed": True,
+                "seed": 10,
+                "width": 32,
+                "height": 48,
+            },
+        }
+    ).sample
     a, b = sample.prompt_list()
     assert (a.width, a.height, a.seed, a.neg) == (32, 48, 10, "") and (b.width, b.height, b.seed, b.neg) == (
         64,
@@ -351,8 +395,13 @@ def test_preview_settings_per_prompt_walk_seed_and_network_multiplier(make_confi
         "blurry",
     )
 
-    cfg = {"sample": {"prompts": ["a colour swatch", {"prompt": "a wide one", "width": 48}], "skip_first_sample": True,
-                      "network_multiplier": 0.0}}  # fmt: skip
+    cfg = {
+        "sample": {
+            "prompts": ["a colour swatch", {"prompt": "a wide one", "width": 48}],
+            "skip_first_sample": True,
+            "network_multiplier": 0.0,
+        }
+    }
     t = Trainer(make_config({"job": {"name": "m0"}, **cfg}))
     t.setup()
     t.sample()
@@ -372,4 +421,5 @@ def test_preview_settings_per_prompt_walk_seed_and_network_multiplier(make_confi
     skipped.setup()
     skipped.train()
     assert sorted(p.name for p in (skipped.run_dir / "samples").glob("step-*.png") if "_p" not in p.name) == [
-        "step-000001.png"]  # fmt: skip
+        "step-000001.png"
+    ]

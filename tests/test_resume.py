@@ -16,8 +16,14 @@ STEPS = 40
 
 
 def _write_config(make_config, name: str) -> Path:
-    data = make_config({"train": {"steps": STEPS, "batch_size": 2}, "job": {"name": name},
-                        "save": {"save_every": 5, "max_step_saves_to_keep": 3}}, as_dict=True)  # fmt: skip
+    data = make_config(
+        {
+            "train": {"steps": STEPS, "batch_size": 2},
+            "job": {"name": name},
+            "save": {"save_every": 5, "max_step_saves_to_keep": 3},
+        },
+        as_dict=True,
+    )
     path = Path(data["job"]["output_dir"]).parent / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -23,8 +23,11 @@ from zlora.train.trainer import run_training
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _first_run(make_config):
@@ -36,8 +39,13 @@ def _first_run(make_config):
 def test_a_changed_training_setting_is_refused_and_nothing_is_rewritten(make_config):
     cfg, run_dir = _first_run(make_config)
     before = _snapshot(run_dir)
-    changed = make_config({"train": {"steps": 4, "lr": 2e-3, "optimizer": "lion"}, "save": {"save_every": 2},
-                           "network": {"linear": 4, "linear_alpha": 2}})  # fmt: skip
+    changed = make_config(
+        {
+            "train": {"steps": 4, "lr": 2e-3, "optimizer": "lion"},
+            "save": {"save_every": 2},
+            "network": {"linear": 4, "linear_alpha": 2},
+        }
+    )
     with pytest.raises(UserError) as e:
         run_training(changed)
     text = "\n".join(e.value.problems)
@@ -96,8 +104,12 @@ def test_a_failed_start_leaves_the_run_folder_as_it_was(make_config, tmp_path):
     broken.mkdir()
     (broken / "a.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match="no usable image"):
-        run_training(make_config({"train": {"steps": 3}, "datasets": [{"folder_path": str(broken), "resolution": 32}]},
-                                 ), force_resume=True)  # fmt: skip
+        run_training(
+            make_config(
+                {"train": {"steps": 3}, "datasets": [{"folder_path": str(broken), "resolution": 32}]},
+            ),
+            force_resume=True,
+        )
     assert _snapshot(run_dir) == before
 
 
@@ -154,8 +166,13 @@ def test_ctrl_c_during_start_up_aborts_without_a_traceback(make_config, delay):
     path.write_text(yaml.safe_dump(data))
     # As from a terminal: SIGINT at its default, even when this suite runs in a background job (a shell starts
     # those with SIGINT ignored, and Python then installs no KeyboardInterrupt handler).
-    proc = subprocess.Popen([*ZLORA, "train", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    proc = subprocess.Popen(
+        [*ZLORA, "train", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -67,8 +67,10 @@ def test_summarise_counts_concept_and_drift():
 
         return Judged(prompt, seed, parse_prompt(prompt), Verdict(fg, shape, bg))
 
-    base = {("a red circle on a blue background", 0): ("red", "circle", "blue", None),
-            ("a red square on a blue background", 0): ("red", "square", "blue", None)}  # fmt: skip
+    base = {
+        ("a red circle on a blue background", 0): ("red", "circle", "blue", None),
+        ("a red square on a blue background", 0): ("red", "square", "blue", None),
+    }
     judged = [
         j("a red circle on a blue background", 0, "red", "circle", "blue"),  # as before
         j("a red square on a blue background", 0, "red", "star", "blue"),  # leaked: drift, and wrong
@@ -170,17 +172,38 @@ def test_training_on_shapes_writes_the_judges_scores(tmp_path):
     assert r.returncode == 0 and r.stdout.split("\n")[1].split()[0] == "0", r.stdout + r.stderr
     assert len(r.stdout.strip().splitlines()) == 4
     out = tmp_path / "eval.json"
-    r = subprocess.run([*ZLORA, "shapes", "eval", "--prompts", "2", "--seeds", "2", "--steps", "4", "--lora",
-                        str(run / "quickstart.safetensors"), "--json", str(out), "--grid", str(tmp_path / "g.png")],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "shapes",
+            "eval",
+            "--prompts",
+            "2",
+            "--seeds",
+            "2",
+            "--steps",
+            "4",
+            "--lora",
+            str(run / "quickstart.safetensors"),
+            "--json",
+            str(out),
+            "--grid",
+            str(tmp_path / "g.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     scores = json.loads(out.read_text())
     assert scores["base"]["n_plain"] == 4 and scores["lora"]["n_trigger"] == 4 and "drift" in scores["lora"]
     assert Image.open(tmp_path / "g.png").size == (64 * 4, 64 * 3)  # base, LoRA, LoRA with the trigger
 
     job = shapes_job(tmp_path / "b", steps=2)
-    r = subprocess.run([*ZLORA, "train", str(job), "sample.sample_every=2", "sample.skip_first_sample=true"],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [*ZLORA, "train", str(job), "sample.sample_every=2", "sample.skip_first_sample=true"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     run = tmp_path / "b" / "out" / "quickstart"
     judged = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"judge"' in ln]
@@ -200,9 +223,22 @@ def test_report_and_eval_refuse_what_they_cannot_use(tmp_path):
 
 def test_generate_defaults_for_builtin_shapes(tmp_path):
     out = tmp_path / "c.png"
-    r = subprocess.run([*ZLORA, "generate", "--model", "builtin:shapes", "--prompt",
-                        "a red circle on a blue background", "--device", "cpu", "-o", str(out)],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "generate",
+            "--model",
+            "builtin:shapes",
+            "--prompt",
+            "a red circle on a blue background",
+            "--device",
+            "cpu",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     im = Image.open(out)
     assert im.size == (64, 64)
@@ -214,8 +250,11 @@ def test_judge_rows_do_not_disturb_progress_or_the_loss_plot(tmp_path):
     from zlora.train.metrics import plot_loss
     from zlora.ui.progress import progress
 
-    rows = [{"step": 1, "loss": 0.5, "lr": 1e-3, "seconds": 0.1}, {"step": 2, "loss": 0.4, "lr": 1e-3, "seconds": 0.1},
-            {"step": 2, "judge": {"adherence": 1.0, "concept": 0.5, "drift": 0.0}}]  # fmt: skip
+    rows = [
+        {"step": 1, "loss": 0.5, "lr": 1e-3, "seconds": 0.1},
+        {"step": 2, "loss": 0.4, "lr": 1e-3, "seconds": 0.1},
+        {"step": 2, "judge": {"adherence": 1.0, "concept": 0.5, "drift": 0.0}},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     p = progress(tmp_path, 10)
     assert (p["step"], p["loss"], p["s_per_step"]) == (2, 0.4, 0.1)

@@ -12,9 +12,28 @@ from zlora.train.trainer import run_training
 
 def test_bench_tiny_on_cpu_reports_trainer_floor_and_memory(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([*ZLORA, "bench", "--size", "tiny", "--device", "cpu", "--res", "32", "--steps", "3",
-                        "--warmup", "1", "--set", "train.gradient_checkpointing=false", "--json", str(out)],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            *ZLORA,
+            "bench",
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--res",
+            "32",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--set",
+            "train.gradient_checkpointing=false",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "trainer step:" in r.stdout and "bare floor:" in r.stdout and "MFU" in r.stdout
     data = json.loads(out.read_text())
@@ -61,8 +80,13 @@ def test_bf16_lora_compute_with_fp32_masters_matches_the_fp32_compute_path(make_
 
     runs = {}
     for prec in ("auto", "fp32"):
-        cfg = make_config({"job": {"name": prec, "output_dir": str(tmp_path / prec)}, "model": {"dtype": "bf16"},
-                           "train": {"steps": 12, "lora_precision": prec}})  # fmt: skip
+        cfg = make_config(
+            {
+                "job": {"name": prec, "output_dir": str(tmp_path / prec)},
+                "model": {"dtype": "bf16"},
+                "train": {"steps": 12, "lora_precision": prec},
+            }
+        )
         trainer = Trainer(cfg)
         trainer.setup()
         try:

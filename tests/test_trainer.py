@@ -53,8 +53,14 @@ def test_lora_with_zero_B_leaves_the_transformer_output_unchanged(make_config, t
 
 
 def test_training_lowers_the_loss_on_a_memorisation_set(make_config):
-    t = _setup(make_config({"train": {"steps": 80, "batch_size": 4, "lr": 1e-2, "timestep_type": "linear"},
-                            "network": {"linear": 8, "linear_alpha": 8}}))  # fmt: skip
+    t = _setup(
+        make_config(
+            {
+                "train": {"steps": 80, "batch_size": 4, "lr": 1e-2, "timestep_type": "linear"},
+                "network": {"linear": 8, "linear_alpha": 8},
+            }
+        )
+    )
     before = _fixed_loss(t)
     t.train()
     after = _fixed_loss(t)
@@ -66,8 +72,13 @@ def test_training_lowers_the_loss_on_a_memorisation_set(make_config):
 def test_a_saved_lora_loads_in_diffusers_and_reproduces_the_trainers_output(make_config, tiny_dir):
     from diffusers import ZImagePipeline
 
-    cfg = make_config({"train": {"steps": 3, "lr": 2e-2}, "save": {"dtype": "fp32"},
-                       "network": {"linear": 4, "linear_alpha": 2}})  # fmt: skip
+    cfg = make_config(
+        {
+            "train": {"steps": 3, "lr": 2e-2},
+            "save": {"dtype": "fp32"},
+            "network": {"linear": 4, "linear_alpha": 2},
+        }
+    )
     t = _setup(cfg)
     t.train()
     path = t.save()
@@ -96,9 +107,19 @@ def _text_parts(tiny_dir):
 
 
 def test_run_folder_holds_lora_checkpoints_metrics_plot_and_previews(make_config):
-    cfg = make_config({"train": {"steps": 5}, "save": {"save_every": 2, "max_step_saves_to_keep": 2, "dtype": "bf16"},
-                       "sample": {"sample_every": 5, "prompts": ["one", "two"], "samples_per_prompt": 2,
-                                  "guidance_scale": 2.0, "neg": "blurry"}})  # fmt: skip
+    cfg = make_config(
+        {
+            "train": {"steps": 5},
+            "save": {"save_every": 2, "max_step_saves_to_keep": 2, "dtype": "bf16"},
+            "sample": {
+                "sample_every": 5,
+                "prompts": ["one", "two"],
+                "samples_per_prompt": 2,
+                "guidance_scale": 2.0,
+                "neg": "blurry",
+            },
+        }
+    )
     lora = run_training(cfg)
     run = lora.parent
     assert lora.name == "t.safetensors"

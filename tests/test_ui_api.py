@@ -123,8 +123,13 @@ def test_a_job_survives_kill_9_of_the_server(tmp_path):
 
 
 def test_a_token_guards_every_call_and_other_hosts_need_one(tmp_path):
-    r = subprocess.run([*ZLORA, "ui", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "x")], capture_output=True,
-                       text=True, timeout=60, env={**os.environ, "ZLORA_UI_TOKEN": ""})  # fmt: skip
+    r = subprocess.run(
+        [*ZLORA, "ui", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ZLORA_UI_TOKEN": ""},
+    )
     assert r.returncode == 2 and "--token" in r.stderr and "Traceback" not in r.stderr
     server = UIServer(tmp_path / "ui", token="s3cret").start()
     try:
@@ -139,11 +144,24 @@ def test_a_token_guards_every_call_and_other_hosts_need_one(tmp_path):
         server.kill()
 
 
-BODIES = [None, b"", b"[]", b"null", b"{bad json", b'{"config": 5}', b'{"config": {"job": 5, "datasets": "x"}}',
-          b'{"config_yaml": 5}', b'{"config_yaml": "- a\\n- b"}', b'{"config_yaml": "!!python/object:os.system x"}',
-          b'{"config_yaml": "job: {name: ../x}\\ndatasets: [{folder_path: /}]"}', b'{"yaml": "a: [b"}',
-          b'{"yaml": "1: 2"}', b'{"token": ["x"]}', "{\"config\": {\"train\": {\"lr\": \"\u00e9\"}}}".encode(),
-          b"\xff\xfe\x00garbage"]  # fmt: skip
+BODIES = [
+    None,
+    b"",
+    b"[]",
+    b"null",
+    b"{bad json",
+    b'{"config": 5}',
+    b'{"config": {"job": 5, "datasets": "x"}}',
+    b'{"config_yaml": 5}',
+    b'{"config_yaml": "- a\\n- b"}',
+    b'{"config_yaml": "!!python/object:os.system x"}',
+    b'{"config_yaml": "job: {name: ../x}\\ndatasets: [{folder_path: /}]"}',
+    b'{"yaml": "a: [b"}',
+    b'{"yaml": "1: 2"}',
+    b'{"token": ["x"]}',
+    '{"config": {"train": {"lr": "\u00e9"}}}'.encode(),
+    b"\xff\xfe\x00garbage",
+]
 IDS = ["0", "-1", "abc", "99999999999999999999999", "1.5", "%00", "1"]
 
 

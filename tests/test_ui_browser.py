@@ -110,8 +110,14 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
         prompts.send_keys("a red circle\nzlr, a yellow square")
         d.find_element(By.ID, "f-job-name").click()  # leave the textarea: its change event fires
         time.sleep(0.5)
-        assert _wait(lambda: not d.find_element(By.ID, "form-errors").text.strip() and
-                     not d.find_elements(By.CSS_SELECTOR, ".field.invalid"), 10, "a valid form")  # fmt: skip
+        assert _wait(
+            lambda: (
+                not d.find_element(By.ID, "form-errors").text.strip()
+                and not d.find_elements(By.CSS_SELECTOR, ".field.invalid")
+            ),
+            10,
+            "a valid form",
+        )
         _shot(d, "new-job", tmp_path)
 
         # "Show Advanced": the YAML is the form's config; an edit there comes back into the form
@@ -134,10 +140,15 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
         _wait(lambda: "#/jobs/" in d.current_url, 20, "the job page")
         _wait(lambda: d.find_element(By.ID, "job-status").text == "done", 180, "the job to finish")
         assert d.find_element(By.ID, "stat-step").text == "18 / 18"
-        _wait(lambda: d.execute_script(
-            "const c = document.getElementById('loss-chart'); const px = c.getContext('2d')"
-            ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
-            "for (let i = 3; i < px.length; i += 4) n += px[i] > 0; return n > 500;"), 20, "the loss graph")  # fmt: skip
+        _wait(
+            lambda: d.execute_script(
+                "const c = document.getElementById('loss-chart'); const px = c.getContext('2d')"
+                ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
+                "for (let i = 3; i < px.length; i += 4) n += px[i] > 0; return n > 500;"
+            ),
+            20,
+            "the loss graph",
+        )
         img = _wait(
             lambda: d.find_element(By.CSS_SELECTOR, "#gallery .row[data-step='18'] img"), 20, "a sample"
         )
@@ -166,8 +177,11 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
         _set(d, "f-save-save_every", "4")
         _set(d, "f-sample-sample_every", "1000")
         d.find_element(By.ID, "submit").click()
-        _wait(lambda: "#/jobs/" in d.current_url and d.find_element(By.ID, "job-status").text == "running", 60,
-              "the copy to run")  # fmt: skip
+        _wait(
+            lambda: "#/jobs/" in d.current_url and d.find_element(By.ID, "job-status").text == "running",
+            60,
+            "the copy to run",
+        )
         _wait(lambda: int(d.find_element(By.ID, "stat-step").text.split(" / ")[0]) >= 5, 60, "a few steps")
         d.find_element(By.CSS_SELECTOR, "button[data-action=stop]").click()
         _wait(lambda: d.find_element(By.ID, "job-status").text == "stopped", 60, "the stop")

@@ -54,12 +54,24 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
             "saved",
         )
         d.refresh()
-        _wait(lambda: d.find_element(By.CSS_SELECTOR, "textarea[data-image='shape1.png']").get_attribute("value")
-              == "a blue square", 10, "the caption after a reload")  # fmt: skip
+        _wait(
+            lambda: (
+                d.find_element(By.CSS_SELECTOR, "textarea[data-image='shape1.png']").get_attribute("value")
+                == "a blue square"
+            ),
+            10,
+            "the caption after a reload",
+        )
         d.find_element(By.CSS_SELECTOR, "#bulk-action option[value=insert_trigger]").click()
         d.find_element(By.ID, "bulk-apply").click()
-        _wait(lambda: d.find_element(By.CSS_SELECTOR, "textarea[data-image='shape0.png']").get_attribute("value")
-              == "[trigger], a red square", 10, "the bulk edit")  # fmt: skip
+        _wait(
+            lambda: (
+                d.find_element(By.CSS_SELECTOR, "textarea[data-image='shape0.png']").get_attribute("value")
+                == "[trigger], a red square"
+            ),
+            10,
+            "the bulk edit",
+        )
         assert (
             tmp_path / "ui" / "datasets" / "shapes" / "shape1.txt"
         ).read_text().strip() == "[trigger], a blue square"
@@ -68,9 +80,13 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
         # ---- LoRA tools
         g = torch.Generator().manual_seed(0)
         lora = tmp_path / "mine.safetensors"
-        modules = {f"layers.{i}.attention.to_{c}": LoraModule(torch.randn(4, 64, generator=g),
-                                                               torch.randn(64, 4, generator=g), 4.0)
-                   for i in range(2) for c in ("q", "k", "v", "out.0")}  # fmt: skip
+        modules = {
+            f"layers.{i}.attention.to_{c}": LoraModule(
+                torch.randn(4, 64, generator=g), torch.randn(64, 4, generator=g), 4.0
+            )
+            for i in range(2)
+            for c in ("q", "k", "v", "out.0")
+        }
         save_file(write_modules(modules, "zlora"), str(lora))
         d.get(server.url + "/#/loras")
         d.find_element(By.ID, "lora-upload").send_keys(str(lora))
@@ -108,8 +124,13 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
         _wait(lambda: url in d.find_element(By.ID, "set-effective").text, 10, "the saved endpoint")
         _set(d, "pull-ref", "org/tiny-zimage")
         d.find_element(By.ID, "pull").click()
-        _wait(lambda: d.find_element(By.CSS_SELECTOR, ".task[data-id='1']").get_attribute("data-status") == "done",
-              60, "the pull")  # fmt: skip
+        _wait(
+            lambda: (
+                d.find_element(By.CSS_SELECTOR, ".task[data-id='1']").get_attribute("data-status") == "done"
+            ),
+            60,
+            "the pull",
+        )
         assert d.find_element(By.CSS_SELECTOR, ".task[data-id='1'] progress").get_attribute("value") == "100"
         _wait(lambda: "org/tiny-zimage" in d.find_element(By.ID, "models").text, 10, "the pulled model")
         _shot(d, "models", tmp_path)
@@ -118,8 +139,14 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
         d.get(server.url + "/#/generate")
         value = lambda i: d.find_element(By.ID, i).get_attribute("value")  # noqa: E731
         # builtin:shapes is the default, with its own sampling settings; builtin:tiny brings Turbo's
-        assert _wait(lambda: [value(i) for i in ("gen-model", "gen-steps", "gen-guidance", "gen-width")]
-                     == ["builtin:shapes", "20", "1", "64"], 10, "builtin:shapes' settings")  # fmt: skip
+        assert _wait(
+            lambda: (
+                [value(i) for i in ("gen-model", "gen-steps", "gen-guidance", "gen-width")]
+                == ["builtin:shapes", "20", "1", "64"]
+            ),
+            10,
+            "builtin:shapes' settings",
+        )
         _set(d, "gen-model", "builtin:tiny")
         assert [value(i) for i in ("gen-steps", "gen-width")] == ["9", "1024"]
         _set(d, "gen-prompt", "a red square")

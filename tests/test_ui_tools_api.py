@@ -33,9 +33,17 @@ def test_datasets_upload_inspect_and_edit_captions(server, tmp_path):
     assert server.call("POST", "/api/datasets", {"name": "faces"})[0] == 200
     assert server.call("POST", "/api/datasets", {"name": "faces"})[0] == 409
     assert server.call("POST", "/api/datasets", {"name": "../evil"})[0] == 422
-    body, ctype = multipart("files", [("a.png", _png(640, 640)), ("a.txt", b"a red square"),
-                                      ("../../b.png", _png(300, 200)), ("c.jpg", b"not an image"),
-                                      ("d.pt", b"\x80\x04pickle"), ("wide.png", _png(1024, 512))])  # fmt: skip
+    body, ctype = multipart(
+        "files",
+        [
+            ("a.png", _png(640, 640)),
+            ("a.txt", b"a red square"),
+            ("../../b.png", _png(300, 200)),
+            ("c.jpg", b"not an image"),
+            ("d.pt", b"\x80\x04pickle"),
+            ("wide.png", _png(1024, 512)),
+        ],
+    )
     status, r = server.call("POST", "/api/datasets/faces/files", raw=body, ctype=ctype)
     assert status == 200, r
     assert sorted(r["kept"]) == ["a.png", "a.txt", "b.png", "wide.png"]  # path parts dropped from ../../b.png
@@ -54,11 +62,18 @@ def test_datasets_upload_inspect_and_edit_captions(server, tmp_path):
     assert (
         server.call("POST", "/api/datasets/faces/captions", {"action": "insert_trigger"})[1]["changed"] == 3
     )
-    assert server.call("POST", "/api/datasets/faces/captions",
-                       {"action": "replace", "find": "red", "text": "blue"})[1]["changed"] == 2  # fmt: skip
+    assert (
+        server.call(
+            "POST", "/api/datasets/faces/captions", {"action": "replace", "find": "red", "text": "blue"}
+        )[1]["changed"]
+        == 2
+    )
     caps = {i["name"]: i["caption"] for i in server.call("GET", "/api/datasets/faces")[1]["images"]}
-    assert caps == {"a.png": "[trigger], a blue square", "b.png": "[trigger], a small blue square",
-                    "wide.png": "[trigger]"}  # fmt: skip
+    assert caps == {
+        "a.png": "[trigger], a blue square",
+        "b.png": "[trigger], a small blue square",
+        "wide.png": "[trigger]",
+    }
     assert server.call("GET", "/api/datasets/faces/image/..%2F..%2Fzlora.db")[0] in (403, 404)
     assert server.call("GET", "/api/datasets/faces/image/a.png")[0] == 200
     # an existing folder, used in place
@@ -72,8 +87,13 @@ def test_datasets_upload_inspect_and_edit_captions(server, tmp_path):
 
 def _lora_file(path, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
-    modules = {f"layers.{i}.attention.to_{c}": LoraModule(torch.randn(4, 64, generator=g), torch.randn(64, 4, generator=g), 2.0)
-               for i in range(2) for c in ("q", "k", "v")}  # fmt: skip
+    modules = {
+        f"layers.{i}.attention.to_{c}": LoraModule(
+            torch.randn(4, 64, generator=g), torch.randn(64, 4, generator=g), 2.0
+        )
+        for i in range(2)
+        for c in ("q", "k", "v")
+    }
     save_file(write_modules(modules, "zlora"), str(path))
 
 
@@ -97,15 +117,19 @@ def test_lora_tools_make_new_files_and_never_touch_inputs(server, tmp_path):
     status, r = server.call("POST", "/api/lora/inspect", {"lora": refs[0]})
     assert status == 200 and r["format"] == "zlora"
     assert set(r["table"]) == {"layers.0", "layers.1"} and set(r["table"]["layers.0"]) == {"q", "k", "v"}
-    status, scaled = server.call("POST", "/api/lora/scale", {"lora": refs[0], "components": {"qk": 0.0},
-                                                             "layers": "1:2"})  # fmt: skip
+    status, scaled = server.call(
+        "POST", "/api/lora/scale", {"lora": refs[0], "components": {"qk": 0.0}, "layers": "1:2"}
+    )
     assert status == 200, scaled
     table = server.call("POST", "/api/lora/inspect", {"lora": scaled["lora"]})[1]["table"]
     assert table["layers.0"]["q"] == 0 and table["layers.1"]["v"] == pytest.approx(
         2 * r["table"]["layers.1"]["v"], rel=1e-5
     )
-    status, merged = server.call("POST", "/api/lora/merge", {"inputs": [{"lora": refs[0], "weight": 0.5},
-                                                                       {"lora": refs[1], "weight": 0.5}], "rank": 4})  # fmt: skip
+    status, merged = server.call(
+        "POST",
+        "/api/lora/merge",
+        {"inputs": [{"lora": refs[0], "weight": 0.5}, {"lora": refs[1], "weight": 0.5}], "rank": 4},
+    )
     assert status == 200 and "kept energy" in merged["report"]
     status, conv = server.call("POST", "/api/lora/convert", {"lora": refs[0], "to": "comfy"})
     assert status == 200 and conv["report"] == "zlora -> comfy-fused"
@@ -166,8 +190,15 @@ def test_models_pull_with_progress_verify_and_the_endpoint_setting(tmp_path, tin
 def test_generate_task_embeds_its_settings(server, tmp_path):
     from PIL import Image
 
-    body = {"model": "builtin:tiny", "prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "seed": 7,
-            "device": "cpu"}  # fmt: skip
+    body = {
+        "model": "builtin:tiny",
+        "prompt": "a red circle",
+        "steps": 2,
+        "width": 32,
+        "height": 32,
+        "seed": 7,
+        "device": "cpu",
+    }
     task = _wait_task(server, server.call("POST", "/api/generate", body)[1]["id"])
     assert task["status"] == "done", task
     status, _ = server.call("GET", task["image"])
@@ -178,8 +209,17 @@ def test_generate_task_embeds_its_settings(server, tmp_path):
     bad = _wait_task(server, server.call("POST", "/api/generate", {**body, "model": "./nope"})[1]["id"])
     assert bad["status"] == "failed" and "folder not found" in bad["message"]
     # left out, steps/guidance/size are the model's own (builtin:shapes: 64 px, 20 steps, guidance 1)
-    task = _wait_task(server, server.call("POST", "/api/generate", {"prompt": "a red circle on a blue background",
-                                                                    "device": "cpu"})[1]["id"])  # fmt: skip
+    task = _wait_task(
+        server,
+        server.call(
+            "POST", "/api/generate", {"prompt": "a red circle on a blue background", "device": "cpu"}
+        )[1]["id"],
+    )
     assert task["status"] == "done", task
     assert {k: task["args"][k] for k in ("model", "steps", "guidance", "width", "height")} == {
-        "model": "builtin:shapes", "steps": 20, "guidance": 1.0, "width": 64, "height": 64}  # fmt: skip
+        "model": "builtin:shapes",
+        "steps": 20,
+        "guidance": 1.0,
+        "width": 64,
+        "height": 64,
+    }

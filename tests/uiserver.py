@@ -51,8 +51,15 @@ class UIServer:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=30)
 
-    def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None,
-             ctype: str = "application/json"):  # fmt: skip
+    def call(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        token: str | None = None,
+        raw: bytes | None = None,
+        ctype: str = "application/json",
+    ):
         """(status, parsed JSON or text)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -87,15 +94,24 @@ def multipart(field: str, files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
     boundary = "zloraTestBoundary7MA4YWxkTrZu0gW"
     out = b""
     for name, data in files:
-        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"  # fmt: skip
+        out += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def job_yaml(name: str, steps: int = 12, save_every: int = 6, prompts: bool = True) -> str:
     shapes = os.path.join(REPO, "examples", "shapes")
-    sample = ('{sample_every: 6, prompts: ["a red circle", "zlr, a square"], width: 64, height: 64, sample_steps: 2}'
-              if prompts else "{prompts: []}")  # fmt: skip
+    sample = (
+        '{sample_every: 6, prompts: ["a red circle", "zlr, a square"], width: 64, height: 64, sample_steps: 2}'
+        if prompts
+        else "{prompts: []}"
+    )
     return f"""
 job: {{name: {name}, trigger_word: zlr, device: cpu}}
 model: {{name_or_path: "builtin:tiny", dtype: fp32}}

@@ -59,8 +59,16 @@ def _step_flops(transformer, tokens: int, checkpointing: bool) -> float:
     return forward * (4 if checkpointing else 3)
 
 
-def run_bench(size: str, res: int, batch_size: int, rank: int, steps: int, warmup: int, device: str,
-              overrides: list[str]) -> dict:  # fmt: skip
+def run_bench(
+    size: str,
+    res: int,
+    batch_size: int,
+    rank: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    overrides: list[str],
+) -> dict:
     from zlora.config import apply_overrides, parse_config
     from zlora.models import zimage
     from zlora.models.quantize import weight_bytes
@@ -73,12 +81,22 @@ def run_bench(size: str, res: int, batch_size: int, rank: int, steps: int, warmu
         data = Path(tmp) / "data"
         data.mkdir()
         _dataset(data, res, max(4, batch_size))
-        raw = {"job": {"name": "bench", "output_dir": str(Path(tmp) / "out"), "device": device},
-               "model": {"name_or_path": str(model)}, "network": {"linear": rank, "linear_alpha": rank},
-               "save": {"save_every": 10**9}, "sample": {"prompts": []},
-               "train": {"steps": 10**9, "batch_size": batch_size, "lr": 1e-4, "cache_text_embeddings": True},
-               "datasets": [{"folder_path": str(data), "resolution": [res], "cache_latents": True,
-                             "caption_dropout_rate": 0.0}]}  # fmt: skip
+        raw = {
+            "job": {"name": "bench", "output_dir": str(Path(tmp) / "out"), "device": device},
+            "model": {"name_or_path": str(model)},
+            "network": {"linear": rank, "linear_alpha": rank},
+            "save": {"save_every": 10**9},
+            "sample": {"prompts": []},
+            "train": {"steps": 10**9, "batch_size": batch_size, "lr": 1e-4, "cache_text_embeddings": True},
+            "datasets": [
+                {
+                    "folder_path": str(data),
+                    "resolution": [res],
+                    "cache_latents": True,
+                    "caption_dropout_rate": 0.0,
+                }
+            ],
+        }
         cfg = parse_config(apply_overrides(raw, overrides), source="zlora bench")
         trainer = Trainer(cfg)
         trainer.setup()
@@ -133,25 +151,39 @@ def run_bench(size: str, res: int, batch_size: int, rank: int, steps: int, warmu
         weights = weight_bytes(trainer.transformer) / 2**30
     achieved = flops / trainer_s / 1e12
     return {
-        "size": size, "device": str(dev), "dtype": str(trainer.dtype).removeprefix("torch."), "res": res,
-        "batch_size": batch_size, "rank": rank, "steps": steps, "options": overrides,
-        "trainer_s_per_step": trainer_s, "floor_s_per_step": floor_s, "ratio": floor_s / trainer_s,
-        "achieved_tflops": achieved, "peak_tflops": peak_tflops, "mfu": achieved / peak_tflops,
-        "peak_mem_gib": peak, "weights_gib": weights, "compiled": trainer.compiled,
-    }  # fmt: skip
+        "size": size,
+        "device": str(dev),
+        "dtype": str(trainer.dtype).removeprefix("torch."),
+        "res": res,
+        "batch_size": batch_size,
+        "rank": rank,
+        "steps": steps,
+        "options": overrides,
+        "trainer_s_per_step": trainer_s,
+        "floor_s_per_step": floor_s,
+        "ratio": floor_s / trainer_s,
+        "achieved_tflops": achieved,
+        "peak_tflops": peak_tflops,
+        "mfu": achieved / peak_tflops,
+        "peak_mem_gib": peak,
+        "weights_gib": weights,
+        "compiled": trainer.compiled,
+    }
 
 
 def report(r: dict) -> str:
-    return "\n".join([
-        f"zlora bench: {r['size']} model, {r['device']} ({r['dtype']}), {r['res']} px, batch {r['batch_size']}, "
-        f"rank {r['rank']}, {r['steps']} timed steps{', compiled' if r['compiled'] else ''}"
-        + (f", options {' '.join(r['options'])}" if r["options"] else ""),
-        f"trainer step:  {r['trainer_s_per_step']:.4f} s/step",
-        f"bare floor:    {r['floor_s_per_step']:.4f} s/step   ratio floor/trainer {r['ratio']:.3f}",
-        f"throughput:    {r['achieved_tflops']:.2f} TFLOP/s achieved (estimate), matmul peak {r['peak_tflops']:.2f},"
-        f" MFU {100 * r['mfu']:.1f}%",
-        f"memory:        peak {r['peak_mem_gib']:.2f} GiB, transformer weights {r['weights_gib']:.3f} GiB",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"zlora bench: {r['size']} model, {r['device']} ({r['dtype']}), {r['res']} px, batch {r['batch_size']}, "
+            f"rank {r['rank']}, {r['steps']} timed steps{', compiled' if r['compiled'] else ''}"
+            + (f", options {' '.join(r['options'])}" if r["options"] else ""),
+            f"trainer step:  {r['trainer_s_per_step']:.4f} s/step",
+            f"bare floor:    {r['floor_s_per_step']:.4f} s/step   ratio floor/trainer {r['ratio']:.3f}",
+            f"throughput:    {r['achieved_tflops']:.2f} TFLOP/s achieved (estimate), matmul peak {r['peak_tflops']:.2f},"
+            f" MFU {100 * r['mfu']:.1f}%",
+            f"memory:        peak {r['peak_mem_gib']:.2f} GiB, transformer weights {r['weights_gib']:.3f} GiB",
+        ]
+    )
 
 
 def main(args) -> int:

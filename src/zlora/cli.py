@@ -166,13 +166,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     fmt = image_format(args.output)
     check_output(args.output, [p for p, _ in loras], overwrite=args.overwrite)
     image = generate_image(
-        model=args.model, loras=loras, prompt=args.prompt, negative_prompt=args.negative, steps=args.steps,
-        guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
-        device=args.device, dtype=args.dtype,
-    )  # fmt: skip
-    settings = {"model": args.model, "loras": [[p, w] for p, w in loras], "prompt": args.prompt,
-                "negative": args.negative, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                "width": args.width, "height": args.height, "zlora": __version__}  # fmt: skip
+        model=args.model,
+        loras=loras,
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    settings = {
+        "model": args.model,
+        "loras": [[p, w] for p, w in loras],
+        "prompt": args.prompt,
+        "negative": args.negative,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "width": args.width,
+        "height": args.height,
+        "zlora": __version__,
+    }
     atomic_write(args.output, lambda p: save_image(image, p, fmt, settings))
     print(args.output)
     return 0
@@ -201,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
     )
-    parser = argparse.ArgumentParser(prog="zlora", description="Train and manage Z-Image LoRAs.",
-                                     parents=[common], allow_abbrev=False)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="zlora", description="Train and manage Z-Image LoRAs.", parents=[common], allow_abbrev=False
+    )
     parser.add_argument("--version", action="version", version=f"zlora {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -217,45 +235,76 @@ def build_parser() -> argparse.ArgumentParser:
     writes = argparse.ArgumentParser(add_help=False)
     writes.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     foreign = argparse.ArgumentParser(add_help=False)
-    foreign.add_argument("--allow-foreign", action="store_true",
-                         help="process a LoRA for another model (SDXL, Flux, ...) with its keys as they are")  # fmt: skip
+    foreign.add_argument(
+        "--allow-foreign",
+        action="store_true",
+        help="process a LoRA for another model (SDXL, Flux, ...) with its keys as they are",
+    )
 
     p = add(sub, "train", "train a LoRA from a YAML config (the same command resumes)", cmd_train)
     p.add_argument("config", help="YAML config (zlora's, e.g. configs/quickstart.yaml)")
     p.add_argument("overrides", nargs="*", metavar="a.b=c", help="override settings, e.g. train.steps=100")
-    p.add_argument("--force-resume", action="store_true",
-                   help="resume even though settings changed since the checkpoint; the new ones apply from it")  # fmt: skip
+    p.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="resume even though settings changed since the checkpoint; the new ones apply from it",
+    )
 
     p = add(sub, "generate", "generate an image with a base model and LoRAs", cmd_generate, [writes])
     p.add_argument("--model", required=True, help="hub id, diffusers folder, builtin:shapes or builtin:tiny")
-    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
-                   help="a LoRA .safetensors and its weight (default 1); repeat for several")  # fmt: skip
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="a LoRA .safetensors and its weight (default 1); repeat for several",
+    )
     p.add_argument("--prompt", required=True, help="the text to render")
     p.add_argument("--negative", default="", help="negative prompt (with --guidance > 0)")
-    p.add_argument("--steps", type=int, help="scheduler steps (default 9: Turbo's 8 DiT forwards; builtin:shapes 20)")  # fmt: skip
-    p.add_argument("--guidance", type=float,
-                   help="CFG scale (default 0 for Turbo; De-Turbo/Base: 2-4; builtin:shapes 1)")  # fmt: skip
+    p.add_argument(
+        "--steps", type=int, help="scheduler steps (default 9: Turbo's 8 DiT forwards; builtin:shapes 20)"
+    )
+    p.add_argument(
+        "--guidance", type=float, help="CFG scale (default 0 for Turbo; De-Turbo/Base: 2-4; builtin:shapes 1)"
+    )
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same image)")
-    p.add_argument("--width", type=int, help="image width, a multiple of 16 (default 1024; builtin:shapes 64)")  # fmt: skip
-    p.add_argument("--height", type=int, help="image height, a multiple of 16 (default 1024; builtin:shapes 64)")  # fmt: skip
+    p.add_argument(
+        "--width", type=int, help="image width, a multiple of 16 (default 1024; builtin:shapes 64)"
+    )
+    p.add_argument(
+        "--height", type=int, help="image height, a multiple of 16 (default 1024; builtin:shapes 64)"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)",
+    )
     p.add_argument("-o", "--output", "--out", default="out.png", help="image file (.png, .jpg, .webp)")
 
     p = add(
         sub, "bench", "time the trainer's step against a bare peft + AdamW loop on the same model", cmd_bench
     )
-    p.add_argument("--size", choices=["tiny", "real"], default="tiny",
-                   help="builtin:tiny, or the real transformer config with random weights (no download; ~12 GB)")  # fmt: skip
+    p.add_argument(
+        "--size",
+        choices=["tiny", "real"],
+        default="tiny",
+        help="builtin:tiny, or the real transformer config with random weights (no download; ~12 GB)",
+    )
     p.add_argument("--res", type=int, default=512, help="image side in pixels (a multiple of 16)")
     p.add_argument("--batch-size", type=int, default=1, help="samples per step")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank")
     p.add_argument("--steps", type=int, default=10, help="timed steps (each path)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, caches)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--set", action="append", default=[], metavar="a.b=c",
-                   help="config overrides, e.g. --set train.compile=false --set train.gradient_checkpointing=false")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="a.b=c",
+        help="config overrides, e.g. --set train.compile=false --set train.gradient_checkpointing=false",
+    )
     p.add_argument("--json", help="also write the results to this JSON file")
 
     register_shapes(sub, add)
@@ -264,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (other than loopback: needs --token)"
     )
     p.add_argument("--port", type=int, default=8675, help="port to listen on")
-    p.add_argument("--data-dir", help="job store and default output folder (default: $ZLORA_UI_DIR, else "
-                   "~/.cache/zlora/ui)")  # fmt: skip
+    p.add_argument(
+        "--data-dir",
+        help="job store and default output folder (default: $ZLORA_UI_DIR, else ~/.cache/zlora/ui)",
+    )
     p.add_argument("--token", help="require this token for every page and API call (also ZLORA_UI_TOKEN)")
     p.add_argument(
         "--max-upload-mb", type=int, default=50, help="largest image or caption file accepted by upload"
@@ -274,16 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = add(sub, "config", "check or print a config").add_subparsers(
         dest="sub", required=True, metavar="SUB"
     )
-    for name, func, text in (("validate", cmd_config_validate, "report every problem in a config"),
-                             ("show", cmd_config_show, "print the fully resolved config")):  # fmt: skip
+    for name, func, text in (
+        ("validate", cmd_config_validate, "report every problem in a config"),
+        ("show", cmd_config_show, "print the fully resolved config"),
+    ):
         p = add(cfg, name, text, func)
         p.add_argument("config", help="YAML config")
         p.add_argument(
             "overrides", nargs="*", metavar="a.b=c", help="override settings, e.g. train.steps=100"
         )
 
-    p = add(cfg, "import", "write the zlora config equivalent to an ai-toolkit job file", cmd_config_import,
-            [writes])  # fmt: skip
+    p = add(
+        cfg,
+        "import",
+        "write the zlora config equivalent to an ai-toolkit job file",
+        cmd_config_import,
+        [writes],
+    )
     p.add_argument("job", help="ai-toolkit job YAML (job: extension, config.process[...])")
     p.add_argument("-o", "--output", required=True, help="the zlora config to write")
 
@@ -295,11 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     hub = argparse.ArgumentParser(add_help=False)
     hub.add_argument("--endpoint", help="hub or mirror URL (default: $HF_ENDPOINT, else huggingface.co)")
-    hub.add_argument("--models-dir",
-                     help="where pulled models live (default: $ZLORA_MODELS_DIR, else ~/.cache/zlora/models)")  # fmt: skip
+    hub.add_argument(
+        "--models-dir",
+        help="where pulled models live (default: $ZLORA_MODELS_DIR, else ~/.cache/zlora/models)",
+    )
     hub.add_argument("--offline", action="store_true", help="never touch the network (also HF_HUB_OFFLINE=1)")
-    p = add(models, "pull", "download what a Z-Image pipeline needs (or one file), verified", cmd_models_pull,
-            [hub])  # fmt: skip
+    p = add(
+        models,
+        "pull",
+        "download what a Z-Image pipeline needs (or one file), verified",
+        cmd_models_pull,
+        [hub],
+    )
     p.add_argument("ref", help="org/name[@revision] or org/name/path/file.safetensors")
     p.add_argument("--revision", help="branch, tag or commit (default main)")
     p.add_argument("--to", help="target folder (default: <models-dir>/<org>--<name>)")
@@ -308,8 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", help="a model folder or org/name")
     p.add_argument("--fix", action="store_true", help="re-fetch only the bad files")
-    p = add(models, "export", "copy a model out of the HF cache into a plain folder (hardlinks if possible)",
-            cmd_models_export)  # fmt: skip
+    p = add(
+        models,
+        "export",
+        "copy a model out of the HF cache into a plain folder (hardlinks if possible)",
+        cmd_models_export,
+    )
     p.add_argument("ref", help="org/name[@revision] in the HF cache")
     p.add_argument("--to", required=True, help="target folder")
     add(models, "list", "models in the models folder and the HF cache", cmd_models_list, [hub])
@@ -331,23 +400,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="the LoRA to convert")
     p.add_argument("dst", nargs="?", help="output file (same as -o)")
     p.add_argument("-o", "--output", help="output .safetensors")
-    p.add_argument("--to", required=True, choices=["zlora", "diffusers", "comfy", "comfy-fused", "kohya"],
-                   help="zlora (diffusers and ComfyUI), diffusers, comfy (ComfyUI incl. its bypass loader; "
-                   "= comfy-fused), kohya (musubi-tuner, sd-scripts, ComfyUI)")  # fmt: skip
-    p = add(lora, "scale", "multiply the delta per component and per layer (times --ratio)", cmd_lora_scale,
-            [writes, foreign])  # fmt: skip
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=["zlora", "diffusers", "comfy", "comfy-fused", "kohya"],
+        help="zlora (diffusers and ComfyUI), diffusers, comfy (ComfyUI incl. its bypass loader; "
+        "= comfy-fused), kohya (musubi-tuner, sd-scripts, ComfyUI)",
+    )
+    p = add(
+        lora,
+        "scale",
+        "multiply the delta per component and per layer (times --ratio)",
+        cmd_lora_scale,
+        [writes, foreign],
+    )
     p.add_argument("src", help="the LoRA to scale")
     p.add_argument("dst", nargs="?", help="output file (same as -o)")
     p.add_argument("-o", "--output", help="output .safetensors")
     p.add_argument("--ratio", type=float, default=1.0, help="overall multiplier")
-    for comp, text in (("adaln", "adaLN_modulation"), ("qk", "to_q and to_k"), ("v", "to_v"),
-                       ("attn-out", "attention to_out"), ("ffn", "w1, w2 and w3"), ("w1", "w1"), ("w2", "w2"),
-                       ("w3", "w3")):  # fmt: skip
+    for comp, text in (
+        ("adaln", "adaLN_modulation"),
+        ("qk", "to_q and to_k"),
+        ("v", "to_v"),
+        ("attn-out", "attention to_out"),
+        ("ffn", "w1, w2 and w3"),
+        ("w1", "w1"),
+        ("w2", "w2"),
+        ("w3", "w3"),
+    ):
         p.add_argument(f"--{comp}", type=float, default=None, help=f"multiplier for {text}")
     p.add_argument("--out", dest="old_out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--layers", default=None, help='per-layer multipliers, e.g. "0-9:0.5,20-29:1.2"')
-    p = add(lora, "merge", "merge LoRAs with weights (exact, or SVD to --rank)", cmd_lora_merge,
-            [writes, foreign])  # fmt: skip
+    p = add(
+        lora, "merge", "merge LoRAs with weights (exact, or SVD to --rank)", cmd_lora_merge, [writes, foreign]
+    )
     p.add_argument(
         "inputs",
         nargs="+",
@@ -356,8 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.add_argument("--rank", type=int, default=None, help="reduce the merged LoRA to this rank (SVD)")
-    p = add(lora, "resize", "reduce a LoRA's rank (SVD), reporting the kept energy", cmd_lora_resize,
-            [writes, foreign])  # fmt: skip
+    p = add(
+        lora,
+        "resize",
+        "reduce a LoRA's rank (SVD), reporting the kept energy",
+        cmd_lora_resize,
+        [writes, foreign],
+    )
     p.add_argument("src", help="the LoRA to resize")
     p.add_argument("dst", nargs="?", help="output file (same as -o)")
     p.add_argument("-o", "--output", help="output .safetensors")
@@ -366,10 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
         lora, "bake", "write the base transformer with LoRAs merged in (streamed)", cmd_lora_bake, [writes]
     )
     p.add_argument("--base", required=True, help="model reference (hub id, diffusers folder, builtin:tiny)")
-    p.add_argument("--lora", action="append", required=True, metavar="FILE[:WEIGHT]",
-                   help="a LoRA and its weight; repeat for several")  # fmt: skip
-    p.add_argument("-o", "--output", "--out", required=True,
-                   help="a .safetensors file, or a folder for from_pretrained (never inside the base model)")  # fmt: skip
+    p.add_argument(
+        "--lora",
+        action="append",
+        required=True,
+        metavar="FILE[:WEIGHT]",
+        help="a LoRA and its weight; repeat for several",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        required=True,
+        help="a .safetensors file, or a folder for from_pretrained (never inside the base model)",
+    )
     p = add(
         lora, "extract", "a LoRA from a fine-tune's difference to its base (SVD)", cmd_lora_extract, [writes]
     )
@@ -386,9 +487,15 @@ def main(argv: list[str] | None = None) -> int:
         quiet = (
             os.environ.get("RANK", "0") != "0"
         )  # the other processes of a distributed launch: problems only
-        logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else
-                            logging.WARNING if quiet else logging.INFO,
-                            format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+        logging.basicConfig(
+            level=logging.DEBUG
+            if getattr(args, "verbose", False)
+            else logging.WARNING
+            if quiet
+            else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
         for noisy in ("httpx", "httpcore", "urllib3", "filelock", "PIL", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         from zlora.utils.quiet import quiet_torchao  # before any library imports torchao

@@ -41,8 +41,10 @@ def _report_kept(kept: dict[str, float]) -> None:
         worst = min(kept, key=kept.get)
         mean = sum(kept.values()) / len(kept)
         # kept energy e = 1 - (relative Frobenius error)^2
-        print(f"kept energy: mean {mean:.4f}, lowest {kept[worst]:.4f} ({worst}); "
-              f"relative error there {max(0.0, 1 - kept[worst]) ** 0.5:.4f}")  # fmt: skip
+        print(
+            f"kept energy: mean {mean:.4f}, lowest {kept[worst]:.4f} ({worst}); "
+            f"relative error there {max(0.0, 1 - kept[worst]) ** 0.5:.4f}"
+        )
 
 
 def cmd_lora_scale(args: argparse.Namespace) -> int:
@@ -54,8 +56,10 @@ def cmd_lora_scale(args: argparse.Namespace) -> int:
             float(args.old_out)
         except ValueError:
             raise UserError(f"--out {args.old_out}: write the output as -o {args.old_out}") from None
-        raise UserError(f"--out {args.old_out}: the to_out multiplier is now --attn-out {args.old_out} "
-                        "(-o/--output names the output file)")  # fmt: skip
+        raise UserError(
+            f"--out {args.old_out}: the to_out multiplier is now --attn-out {args.old_out} "
+            "(-o/--output names the output file)"
+        )
     comps = {c: getattr(args, c) for c in COMPONENTS}
     if comps["ffn"] is not None and any(comps[w] is not None for w in ("w1", "w2", "w3")):
         raise UserError("use either --ffn or --w1/--w2/--w3, not both")
@@ -74,8 +78,11 @@ def cmd_lora_merge(args: argparse.Namespace) -> int:
 
     parsed = [parse_input_multipliers(x) for x in args.inputs]
     inputs = [_parse_lora_arg(text) for text, _ in parsed]
-    _report_kept(merge_loras(inputs, args.output, args.rank, [m for _, m in parsed], args.overwrite,
-                             args.allow_foreign))  # fmt: skip
+    _report_kept(
+        merge_loras(
+            inputs, args.output, args.rank, [m for _, m in parsed], args.overwrite, args.allow_foreign
+        )
+    )
     print(args.output)
     return 0
 
@@ -102,8 +109,10 @@ def cmd_lora_extract(args: argparse.Namespace) -> int:
 
     errors = extract_lora(args.base, args.tuned, args.rank, args.output, args.overwrite)
     worst = max(errors, key=errors.get)
-    print(f"{len(errors)} modules; relative error: mean {sum(errors.values()) / len(errors):.4f}, "
-          f"worst {errors[worst]:.4f} ({worst})")  # fmt: skip
+    print(
+        f"{len(errors)} modules; relative error: mean {sum(errors.values()) / len(errors):.4f}, "
+        f"worst {errors[worst]:.4f} ({worst})"
+    )
     print(args.output)
     return 0
 

@@ -59,15 +59,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         pipe.disable_lora()
     sets["base"] = run(plain)
     base_j = judge_images(sets["base"], plain, seed_list, args.trigger)
-    result = {"base": summarise(base_j), "model": args.model, "steps": steps, "guidance": guidance,
-              "images_per_set": len(plain)}  # fmt: skip
+    result = {
+        "base": summarise(base_j),
+        "model": args.model,
+        "steps": steps,
+        "guidance": guidance,
+        "images_per_set": len(plain),
+    }
     print(_line("base model", result["base"]))
     if loras:
         pipe.enable_lora()
         sets["lora"], sets["lora_trigger"] = run(plain), run(trig)
         base = {(j.prompt, j.seed): j.key() for j in base_j}
-        result["lora"] = summarise(judge_images(sets["lora"] + sets["lora_trigger"], plain + trig,
-                                                seed_list * 2, args.trigger), base)  # fmt: skip
+        result["lora"] = summarise(
+            judge_images(sets["lora"] + sets["lora_trigger"], plain + trig, seed_list * 2, args.trigger), base
+        )
         result["lora_file"] = args.lora
         print(_line(f"with {args.lora}", result["lora"]))
     if args.json:

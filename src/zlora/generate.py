@@ -49,8 +49,10 @@ def check_lora_file(path: str) -> None:
         raise UserError(f"--lora {path}: {e}") from None
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise UserError(f"--lora {path}: {len(bad)} tensors hold NaN/inf (e.g. {bad[0]}); the image would be "
-                        "black. Use an earlier checkpoint of the run")  # fmt: skip
+        raise UserError(
+            f"--lora {path}: {len(bad)} tensors hold NaN/inf (e.g. {bad[0]}); the image would be "
+            "black. Use an earlier checkpoint of the run"
+        )
 
 
 def load_pipeline(model: str, loras: list[tuple[str, float]], device: torch.device, dtype: torch.dtype):
@@ -73,10 +75,19 @@ def load_pipeline(model: str, loras: list[tuple[str, float]], device: torch.devi
 
 
 def generate_image(
-    *, model: str, loras: list[tuple[str, float]], prompt: str, negative_prompt: str = "", steps: int = 9,
-    guidance: float = 0.0, seed: int = 42, width: int = 1024, height: int = 1024, device: str = "auto",
+    *,
+    model: str,
+    loras: list[tuple[str, float]],
+    prompt: str,
+    negative_prompt: str = "",
+    steps: int = 9,
+    guidance: float = 0.0,
+    seed: int = 42,
+    width: int = 1024,
+    height: int = 1024,
+    device: str = "auto",
     dtype: str = "auto",
-) -> Image.Image:  # fmt: skip
+) -> Image.Image:
     for name, v in (("--width", width), ("--height", height)):
         if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
             raise UserError(f"{name} {v} must be a positive multiple of {SIZE_MULTIPLE}")
@@ -87,6 +98,11 @@ def generate_image(
     dev = resolve_device(device)
     pipe = load_pipeline(model, loras, dev, resolve_dtype(dtype, dev))
     return pipe(
-        prompt=prompt, negative_prompt=negative_prompt if guidance > 0 else None, height=height, width=width,
-        num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator(dev).manual_seed(seed),
-    ).images[0]  # fmt: skip
+        prompt=prompt,
+        negative_prompt=negative_prompt if guidance > 0 else None,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator(dev).manual_seed(seed),
+    ).images[0]

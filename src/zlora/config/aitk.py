@@ -9,33 +9,66 @@ from __future__ import annotations
 from typing import Any
 
 TRAINER_TYPES = ("diffusion_trainer", "sd_trainer", "ui_trainer")
-_DTYPES = {"float16": "fp16", "fp16": "fp16", "half": "fp16", "bfloat16": "bf16", "bf16": "bf16",
-           "float32": "fp32", "fp32": "fp32", "float": "fp32"}  # fmt: skip
+_DTYPES = {
+    "float16": "fp16",
+    "fp16": "fp16",
+    "half": "fp16",
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float32": "fp32",
+    "fp32": "fp32",
+    "float": "fp32",
+}
 _BIAS = {"balanced": "balanced", "content": "high_noise", "style": "low_noise"}  # ai-toolkit's cubic sampling
 
 # ai-toolkit settings with no zlora counterpart: why, for the note.
 UNSUPPORTED = {
-    "process.sqlite_db_path": "the web UI keeps its own job store", "process.performance_log_every": "",
-    "process.logging": "metrics.jsonl and loss.png are always written", "meta": "informational",
-    "network.conv": "no conv layers in Z-Image", "network.conv_alpha": "no conv layers in Z-Image",
-    "network.lokr_full_rank": "LoKr is not supported", "network.lokr_factor": "LoKr is not supported",
-    "network.network_kwargs": "use network.exclude / target_blocks", "network.transformer_only": "always",
-    "save.save_format": "the file format is chosen with `zlora lora convert`", "save.push_to_hub": "",
-    "save.hf_repo_id": "", "save.hf_private": "",
-    "train.noise_scheduler": "always flow matching", "train.train_unet": "the transformer's LoRA always trains",
-    "train.train_text_encoder": "the text encoder is never trained", "train.switch_boundary_every": "",
-    "train.bypass_guidance_embedding": "", "train.linear_timesteps": "", "train.linear_timesteps2": "",
-    "train.force_first_sample": "", "train.weight_jitter": "", "train.blank_prompt_preservation": "",
-    "model.low_vram": "", "model.layer_offloading": "not yet", "model.model_kwargs": "",
-    "model.is_flux": "", "model.lora_path": "",
-    "sample.sampler": "previews always use the model's own scheduler", "sample.num_frames": "images only",
+    "process.sqlite_db_path": "the web UI keeps its own job store",
+    "process.performance_log_every": "",
+    "process.logging": "metrics.jsonl and loss.png are always written",
+    "meta": "informational",
+    "network.conv": "no conv layers in Z-Image",
+    "network.conv_alpha": "no conv layers in Z-Image",
+    "network.lokr_full_rank": "LoKr is not supported",
+    "network.lokr_factor": "LoKr is not supported",
+    "network.network_kwargs": "use network.exclude / target_blocks",
+    "network.transformer_only": "always",
+    "save.save_format": "the file format is chosen with `zlora lora convert`",
+    "save.push_to_hub": "",
+    "save.hf_repo_id": "",
+    "save.hf_private": "",
+    "train.noise_scheduler": "always flow matching",
+    "train.train_unet": "the transformer's LoRA always trains",
+    "train.train_text_encoder": "the text encoder is never trained",
+    "train.switch_boundary_every": "",
+    "train.bypass_guidance_embedding": "",
+    "train.linear_timesteps": "",
+    "train.linear_timesteps2": "",
+    "train.force_first_sample": "",
+    "train.weight_jitter": "",
+    "train.blank_prompt_preservation": "",
+    "model.low_vram": "",
+    "model.layer_offloading": "not yet",
+    "model.model_kwargs": "",
+    "model.is_flux": "",
+    "model.lora_path": "",
+    "sample.sampler": "previews always use the model's own scheduler",
+    "sample.num_frames": "images only",
     "sample.fps": "images only",
     "datasets.shuffle_tokens": "",
-    "datasets.network_weight": "", "datasets.mask_path": "", "datasets.mask_min_value": "",
-    "datasets.control_path": "", "datasets.controls": "", "datasets.num_frames": "images only", "datasets.shrink_video_to_frames": "",
-    "datasets.do_i2v": "", "datasets.flip_y": "only flip_x is supported", "datasets.cache_latents": "",
-    "datasets.cache_clip_vision_to_disk": "", "datasets.token_dropout_rate": "",
-}  # fmt: skip
+    "datasets.network_weight": "",
+    "datasets.mask_path": "",
+    "datasets.mask_min_value": "",
+    "datasets.control_path": "",
+    "datasets.controls": "",
+    "datasets.num_frames": "images only",
+    "datasets.shrink_video_to_frames": "",
+    "datasets.do_i2v": "",
+    "datasets.flip_y": "only flip_x is supported",
+    "datasets.cache_latents": "",
+    "datasets.cache_clip_vision_to_disk": "",
+    "datasets.token_dropout_rate": "",
+}
 
 
 def is_aitk(data: Any) -> bool:
@@ -51,8 +84,10 @@ def import_aitk(data: dict) -> tuple[dict, list[str]]:
     for i, p in enumerate(procs):
         if i not in trainers[:1]:
             kind = p.get("type") if isinstance(p, dict) else type(p).__name__
-            notes.append(f"config.process[{i}] (type {kind}) skipped: "
-                         + ("zlora runs one trainer process" if i in trainers else "not a trainer"))  # fmt: skip
+            notes.append(
+                f"config.process[{i}] (type {kind}) skipped: "
+                + ("zlora runs one trainer process" if i in trainers else "not a trainer")
+            )
     if not trainers:
         from zlora.errors import UserError
 

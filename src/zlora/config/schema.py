@@ -24,13 +24,25 @@ TARGET_PRESETS = {
 }
 # What ``model.arch`` fills in when the config leaves it unset.
 ARCH_PRESETS = {
-    "zimage:turbo": {"name_or_path": "Tongyi-MAI/Z-Image-Turbo", "assistant_lora_path": "v2",
-                     "sample_steps": 9, "guidance_scale": 0.0},
-    "zimage:deturbo": {"name_or_path": "ostris/Z-Image-De-Turbo", "assistant_lora_path": None,
-                       "sample_steps": 25, "guidance_scale": 3.0},
-    "zimage": {"name_or_path": "Tongyi-MAI/Z-Image", "assistant_lora_path": None,
-               "sample_steps": 30, "guidance_scale": 4.0},
-}  # fmt: skip
+    "zimage:turbo": {
+        "name_or_path": "Tongyi-MAI/Z-Image-Turbo",
+        "assistant_lora_path": "v2",
+        "sample_steps": 9,
+        "guidance_scale": 0.0,
+    },
+    "zimage:deturbo": {
+        "name_or_path": "ostris/Z-Image-De-Turbo",
+        "assistant_lora_path": None,
+        "sample_steps": 25,
+        "guidance_scale": 3.0,
+    },
+    "zimage": {
+        "name_or_path": "Tongyi-MAI/Z-Image",
+        "assistant_lora_path": None,
+        "sample_steps": 30,
+        "guidance_scale": 4.0,
+    },
+}
 
 
 def sampling_defaults(model: str) -> dict:
@@ -310,8 +322,15 @@ class SampleConfig(Section):
         for i, p in enumerate(self.prompts):
             p = PromptConfig(prompt=p) if isinstance(p, str) else p
             seed = p.seed if p.seed is not None else self.seed + (i if self.walk_seed else 0)
-            out.append(PromptConfig(prompt=p.prompt, width=p.width or self.width, height=p.height or self.height,
-                                    seed=seed, neg=self.neg if p.neg is None else p.neg))  # fmt: skip
+            out.append(
+                PromptConfig(
+                    prompt=p.prompt,
+                    width=p.width or self.width,
+                    height=p.height or self.height,
+                    seed=seed,
+                    neg=self.neg if p.neg is None else p.neg,
+                )
+            )
         return out
 
 

@@ -74,9 +74,10 @@ def list_images(ds: DatasetConfig, index: int = 0) -> list[Path]:
         raise UserError(f"`datasets[{index}].folder_path` does not exist: {folder.resolve()}")
     found = folder.rglob("*") if ds.include_subfolders else folder.iterdir()
     images = sorted(
-        p for p in found
+        p
+        for p in found
         if p.suffix.lower() in IMAGE_EXTS and p.is_file() and CACHE_FOLDER not in p.relative_to(folder).parts
-    )  # fmt: skip
+    )
     if not images:
         hint = "" if ds.include_subfolders else " (set include_subfolders: true to look inside subfolders)"
         raise UserError(
@@ -112,8 +113,12 @@ def scan_dataset(ds: DatasetConfig, index: int, job_trigger: str | None) -> Scan
     scan = Scan([], len(images), [], [])
     _report_captions(ds, index, images)
     for img in images:
-        caption = apply_trigger(read_caption(img, ds.caption_ext, ds.default_caption), trigger,
-                                ds.add_trigger_word and not ds.is_reg, img.with_suffix(f".{ds.caption_ext}"))  # fmt: skip
+        caption = apply_trigger(
+            read_caption(img, ds.caption_ext, ds.default_caption),
+            trigger,
+            ds.add_trigger_word and not ds.is_reg,
+            img.with_suffix(f".{ds.caption_ext}"),
+        )
         try:
             w, h = image_size(img)
         except BAD_IMAGE as e:
@@ -137,15 +142,31 @@ def _report_captions(ds: DatasetConfig, index: int, images: list[Path]) -> None:
         return
     default = f"default_caption {ds.default_caption!r}" if ds.default_caption else "an empty caption"
     if len(missing) < len(images):
-        log.warning("datasets[%d]: %d of %d images have no .%s caption; they use %s (e.g. %s)", index,
-                    len(missing), len(images), ds.caption_ext, default, missing[0].name)  # fmt: skip
+        log.warning(
+            "datasets[%d]: %d of %d images have no .%s caption; they use %s (e.g. %s)",
+            index,
+            len(missing),
+            len(images),
+            ds.caption_ext,
+            default,
+            missing[0].name,
+        )
         return
     stems = {img.with_suffix("") for img in images}
-    others = Counter(p.suffix.lstrip(".") for p in images[0].parent.iterdir() if p.is_file()
-                     and p.with_suffix("") in stems and p.suffix.lower() not in IMAGE_EXTS)  # fmt: skip
+    others = Counter(
+        p.suffix.lstrip(".")
+        for p in images[0].parent.iterdir()
+        if p.is_file() and p.with_suffix("") in stems and p.suffix.lower() not in IMAGE_EXTS
+    )
     hint = f" — did you mean caption_ext: {others.most_common(1)[0][0]}?" if others else ""
-    log.warning("datasets[%d]: 0 of %d images have a .%s caption; %s is used for all%s", index, len(images),
-                ds.caption_ext, default, hint)  # fmt: skip
+    log.warning(
+        "datasets[%d]: 0 of %d images have a .%s caption; %s is used for all%s",
+        index,
+        len(images),
+        ds.caption_ext,
+        default,
+        hint,
+    )
 
 
 def why(e: Exception) -> str:

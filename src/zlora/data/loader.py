@@ -44,12 +44,14 @@ class TrainData:
         self.te_id = fingerprint(model_folder / "text_encoder", model_folder / "tokenizer")
         self.latent_caches = {
             i: DiskCache(dataset_cache_dir(ds) / "latents", f"datasets[{i}].cache_dir")
-            for i, ds in enumerate(cfg.datasets) if ds.cache_latents
-        }  # fmt: skip
+            for i, ds in enumerate(cfg.datasets)
+            if ds.cache_latents
+        }
         self.text_caches = {
             i: DiskCache(dataset_cache_dir(ds) / "text", f"datasets[{i}].cache_dir")
-            for i, ds in enumerate(cfg.datasets) if cfg.train.cache_text_embeddings
-        }  # fmt: skip
+            for i, ds in enumerate(cfg.datasets)
+            if cfg.train.cache_text_embeddings
+        }
         self.image_sha: dict[Path, str] = {}
         self.text_memory: dict[str, torch.Tensor] = {}
         self.encoder_calls = {"vae": 0, "text": 0}  # images / prompts encoded (tests and benchmarks read it)
@@ -100,8 +102,13 @@ class TrainData:
         bar.close()
         self.entries = [e for e in self.entries if e.image not in bad]
         self._report()
-        log.info("dataset: %d images, %d samples in %d buckets; %d latents encoded now", len(images) - len(bad),
-                 len(self.entries), len({e.bucket for e in self.entries}), self.encoder_calls["vae"])  # fmt: skip
+        log.info(
+            "dataset: %d images, %d samples in %d buckets; %d latents encoded now",
+            len(images) - len(bad),
+            len(self.entries),
+            len({e.bucket for e in self.entries}),
+            self.encoder_calls["vae"],
+        )
 
     def _read_image(
         self, img: Path, entries: list[Entry]
@@ -112,8 +119,12 @@ class TrainData:
         except OSError as e:
             return "", why(e), []
         sha = hashlib.sha256(data).hexdigest()
-        missing = [e for e in entries if e.dataset in self.latent_caches
-                   and not self.latent_caches[e.dataset].has(self._latent_key(e, sha))]  # fmt: skip
+        missing = [
+            e
+            for e in entries
+            if e.dataset in self.latent_caches
+            and not self.latent_caches[e.dataset].has(self._latent_key(e, sha))
+        ]
         if not missing and all(e.dataset in self.latent_caches for e in entries):
             return sha, None, []  # every entry is cached: the image need not even be decoded
         try:
@@ -140,15 +151,22 @@ class TrainData:
     def _report(self) -> None:
         small, bad = self.too_small, self.unreadable
         if small:
-            log.warning("%d image/resolution pairs skipped (images are never upscaled): %s", len(small),
-                        "; ".join(small[:5]) + (" ..." if len(small) > 5 else ""))  # fmt: skip
+            log.warning(
+                "%d image/resolution pairs skipped (images are never upscaled): %s",
+                len(small),
+                "; ".join(small[:5]) + (" ..." if len(small) > 5 else ""),
+            )
         if not self.entries:
             raise UserError(
                 f"no usable image in any dataset for any resolution: {'; '.join((bad + small)[:5])}"
             )
         if bad:
-            log.warning("%d of %d images skipped: %s", len(bad), self.n_images,
-                        ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))  # fmt: skip
+            log.warning(
+                "%d of %d images skipped: %s",
+                len(bad),
+                self.n_images,
+                ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""),
+            )
 
     def latents(self, idx: list[int], vae) -> list[torch.Tensor]:
         """Training latents (C, h, w) of entries ``idx`` on the training device."""
@@ -163,8 +181,16 @@ class TrainData:
             else:
                 out[i] = lat
         if encode:  # not cached (or a damaged entry): encode now; a batch shares one bucket
-            pixels = torch.stack([to_pixels(decode_image(self.entries[i].image.read_bytes()),
-                                            self.entries[i].bucket, self.entries[i].flip) for i in encode])  # fmt: skip
+            pixels = torch.stack(
+                [
+                    to_pixels(
+                        decode_image(self.entries[i].image.read_bytes()),
+                        self.entries[i].bucket,
+                        self.entries[i].flip,
+                    )
+                    for i in encode
+                ]
+            )
             with torch.no_grad():
                 for i, lat in zip(
                     encode, self._encode(vae, [self.entries[i] for i in encode], pixels), strict=True
@@ -209,8 +235,13 @@ class TrainData:
         todo = [t for t, d in texts.items() if d is None or not self.text_caches[d].has(self._text_key(t))]
         if todo:
             tokenizer, text_encoder = load_encoder()
-        for k in tqdm(range(0, len(todo), TEXT_BATCH), desc="encoding captions", unit="batch", leave=False,
-                      disable=not todo):  # fmt: skip
+        for k in tqdm(
+            range(0, len(todo), TEXT_BATCH),
+            desc="encoding captions",
+            unit="batch",
+            leave=False,
+            disable=not todo,
+        ):
             part = todo[k : k + TEXT_BATCH]
             self.encoder_calls["text"] += len(part)
             for text, emb in zip(part, zimage.encode_prompts(tokenizer, text_encoder, part), strict=True):
@@ -218,16 +249,22 @@ class TrainData:
                     self.text_memory[text] = emb
                 else:
                     self.text_caches[texts[text]].put(self._text_key(text), emb)
-        log.info("captions: %d distinct texts, %d encoded now, %d from cache", len(texts), len(todo),
-                 len(texts) - len(todo))  # fmt: skip
+        log.info(
+            "captions: %d distinct texts, %d encoded now, %d from cache",
+            len(texts),
+            len(todo),
+            len(texts) - len(todo),
+        )
 
     def embedding(self, text: str) -> torch.Tensor:
         emb = self.text_memory.get(text)
         if emb is None:
             emb = self.text_caches[self.text_where[text]].get(self._text_key(text))
             if emb is None:
-                raise UserError(f"the text-embedding cache lost the entry for {text[:40]!r} during the run; "
-                                "run the same command again to re-encode it")  # fmt: skip
+                raise UserError(
+                    f"the text-embedding cache lost the entry for {text[:40]!r} during the run; "
+                    "run the same command again to re-encode it"
+                )
         return emb.to(self.device, non_blocking=True)
 
     def captions(self, idx: list[int], generator: torch.Generator) -> list[torch.Tensor]:
@@ -246,8 +283,12 @@ class TrainData:
         """Each entry ``num_repeats`` times per epoch; global batches (batch_size x processes) from one bucket at a
         time, the same plan in every process."""
         repeats = [self.cfg.datasets[e.dataset].num_repeats for e in self.entries]
-        return BucketBatches([e.bucket for e in self.entries], self.cfg.train.batch_size * processes,
-                             self.cfg.train.seed, repeats)  # fmt: skip
+        return BucketBatches(
+            [e.bucket for e in self.entries],
+            self.cfg.train.batch_size * processes,
+            self.cfg.train.seed,
+            repeats,
+        )
 
     def latent_shape(self, i: int, vae) -> tuple[int, int, int]:
         """(C, h, w) of entry ``i``'s training latent, from its bucket (no encoding needed)."""

@@ -151,8 +151,10 @@ def _verify_against_hub(folder: Path, target: str, settings: HubSettings) -> lis
         )
     repo_id, revision, _ = split_ref(target)
     _, files = remote_files(settings, repo_id, revision, None)
-    listed = {rel: {"size": size, **({"sha256": sha256} if sha256 else {"git_sha1": sha1})}
-              for rel, (size, sha256, sha1) in files.items()}  # fmt: skip
+    listed = {
+        rel: {"size": size, **({"sha256": sha256} if sha256 else {"git_sha1": sha1})}
+        for rel, (size, sha256, sha1) in files.items()
+    }
     return check_files(folder, {"files": listed}, source="differs from the hub")
 
 
@@ -181,11 +183,21 @@ def export(ref: str, to: Path) -> Path:
         digest, blob = sha256_file(dest), src.name
         expected_ok = digest == blob if len(blob) == 64 else (len(blob) != 40 or git_blob_sha1(dest) == blob)
         if not expected_ok:
-            raise UserError(f"{snap / rel}: the cached file does not match its blob hash; the HF cache is damaged: "
-                            f"delete {src} and download it again")  # fmt: skip
+            raise UserError(
+                f"{snap / rel}: the cached file does not match its blob hash; the HF cache is damaged: "
+                f"delete {src} and download it again"
+            )
         files[rel] = entry(dest, digest)
-    write_manifest(to, {"repo": repo_id, "revision": revision or "main", "commit": snap.name, "endpoint": None,
-                        "files": files})  # fmt: skip
+    write_manifest(
+        to,
+        {
+            "repo": repo_id,
+            "revision": revision or "main",
+            "commit": snap.name,
+            "endpoint": None,
+            "files": files,
+        },
+    )
     return to
 
 
@@ -198,11 +210,17 @@ def list_models(settings: HubSettings) -> list[dict]:
             if manifest is None and not (folder / "model_index.json").is_file():
                 continue
             size = sum((folder / f).stat().st_size for f in local_files(folder))
-            rows.append({"name": manifest["repo"] if manifest else folder.name,
-                         "revision": (manifest or {}).get("commit", "?")[:12], "size": human(size),
-                         "complete": "yes" if manifest and not stale_files(folder, manifest) else
-                                     ("no manifest" if manifest is None else "no"),
-                         "location": str(folder)})  # fmt: skip
+            rows.append(
+                {
+                    "name": manifest["repo"] if manifest else folder.name,
+                    "revision": (manifest or {}).get("commit", "?")[:12],
+                    "size": human(size),
+                    "complete": "yes"
+                    if manifest and not stale_files(folder, manifest)
+                    else ("no manifest" if manifest is None else "no"),
+                    "location": str(folder),
+                }
+            )
     cache = hf_cache_dir()
     if cache.is_dir():
         for root in sorted(cache.glob("models--*")):
@@ -213,6 +231,13 @@ def list_models(settings: HubSettings) -> list[dict]:
                     complete = "yes"
                 except UserError as e:
                     complete = f"no ({e.problems[0].split(': ', 1)[-1]})"
-                rows.append({"name": root.name[len("models--"):].replace("--", "/"), "revision": snap.name[:12],
-                             "size": human(size), "complete": complete, "location": str(snap)})  # fmt: skip
+                rows.append(
+                    {
+                        "name": root.name[len("models--") :].replace("--", "/"),
+                        "revision": snap.name[:12],
+                        "size": human(size),
+                        "complete": complete,
+                        "location": str(snap),
+                    }
+                )
     return rows

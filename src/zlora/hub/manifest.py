@@ -37,8 +37,9 @@ def hub_settings(
     read now (huggingface_hub reads its environment once, at import)."""
     folder = models_dir or os.environ.get("ZLORA_MODELS_DIR") or cache_dir() / "models"
     env_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    return HubSettings(Path(folder).expanduser(), endpoint or os.environ.get("HF_ENDPOINT") or None,
-                       offline or env_offline)  # fmt: skip
+    return HubSettings(
+        Path(folder).expanduser(), endpoint or os.environ.get("HF_ENDPOINT") or None, offline or env_offline
+    )
 
 
 def model_folder(settings: HubSettings, repo_id: str, revision: str | None) -> Path:
@@ -77,10 +78,13 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 def local_files(folder: Path) -> list[str]:
     return sorted(
-        str(p.relative_to(folder)) for p in folder.rglob("*")
-        if p.is_file() and p.name != MANIFEST and not SKIP_DIRS & set(p.relative_to(folder).parts)
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.name != MANIFEST
+        and not SKIP_DIRS & set(p.relative_to(folder).parts)
         and not p.name.endswith(".incomplete")
-    )  # fmt: skip
+    )
 
 
 def missing_or_wrong_size(folder: Path, manifest: dict) -> list[str]:

@@ -61,8 +61,10 @@ def check_endpoint(endpoint: str | None) -> None:
         return
     url = urlsplit(endpoint)
     if url.scheme not in ("http", "https") or not url.netloc:
-        raise UserError(f"endpoint {endpoint!r} (--endpoint / hub.endpoint / HF_ENDPOINT) is not a URL; "
-                        "use e.g. https://hf-mirror.com")  # fmt: skip
+        raise UserError(
+            f"endpoint {endpoint!r} (--endpoint / hub.endpoint / HF_ENDPOINT) is not a URL; "
+            "use e.g. https://hf-mirror.com"
+        )
 
 
 def network_errors() -> tuple[type[BaseException], ...]:
@@ -100,8 +102,10 @@ def remote_files(settings: HubSettings, repo_id: str, revision: str | None, file
     except RevisionNotFoundError:
         raise UserError(f"{repo_id}: no revision {revision!r} on {where}") from None
     except network_errors() as e:
-        raise UserError(f"{repo_id}: cannot reach {where} ({type(e).__name__}: {e}); "
-                        "set --endpoint / HF_ENDPOINT for a mirror, or work offline with a local copy") from None  # fmt: skip
+        raise UserError(
+            f"{repo_id}: cannot reach {where} ({type(e).__name__}: {e}); "
+            "set --endpoint / HF_ENDPOINT for a mirror, or work offline with a local copy"
+        ) from None
     if file:
         wanted = [f for f in tree if f.path == file]
         if not wanted:
@@ -149,8 +153,13 @@ def _matches(path: Path, size: int, sha256: str | None, sha1: str) -> tuple[bool
     return ok, digest
 
 
-def pull(ref: str, settings: HubSettings, revision: str | None = None, to: Path | None = None,
-         refetch: set[str] | None = None) -> Path:  # fmt: skip
+def pull(
+    ref: str,
+    settings: HubSettings,
+    revision: str | None = None,
+    to: Path | None = None,
+    refetch: set[str] | None = None,
+) -> Path:
     """Download what is missing or bad into ``to`` (default: the models folder) and return the folder.
     ``refetch``: files to download again whatever the local copy says (``verify --fix``)."""
     from huggingface_hub import hf_hub_download
@@ -160,13 +169,20 @@ def pull(ref: str, settings: HubSettings, revision: str | None = None, to: Path 
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--to {folder} is a file; give a folder (new or one pulled before)")
     if settings.offline:
-        raise UserError(f"{ref}: offline (--offline / HF_HUB_OFFLINE) and not complete locally; "
-                        f"run `zlora models pull {ref}` where the hub or a mirror is reachable")  # fmt: skip
+        raise UserError(
+            f"{ref}: offline (--offline / HF_HUB_OFFLINE) and not complete locally; "
+            f"run `zlora models pull {ref}` where the hub or a mirror is reachable"
+        )
     commit, files = remote_files(settings, repo_id, revision, file)
     make_dirs(folder)
     old = read_manifest(folder) or {}
-    manifest = {"repo": repo_id, "revision": revision or "main", "commit": commit, "endpoint": settings.endpoint,
-                "files": {k: v for k, v in old.get("files", {}).items() if old.get("commit") == commit}}  # fmt: skip
+    manifest = {
+        "repo": repo_id,
+        "revision": revision or "main",
+        "commit": commit,
+        "endpoint": settings.endpoint,
+        "files": {k: v for k, v in old.get("files", {}).items() if old.get("commit") == commit},
+    }
     changed = {p.split(":")[0] for p in stale_files(folder, manifest)}  # edited since verified: check again
     todo = []
     for rel, (size, sha256, sha1) in files.items():
@@ -182,26 +198,38 @@ def pull(ref: str, settings: HubSettings, revision: str | None = None, to: Path 
     need = sum(files[r][0] for r in todo)
     free = shutil.disk_usage(folder).free
     if need > free:
-        raise UserError(f"{ref}: needs {human(need)}, {human(free)} free on {folder}; free space or use --to / "
-                        "hub.models_dir / ZLORA_MODELS_DIR for another disk")  # fmt: skip
+        raise UserError(
+            f"{ref}: needs {human(need)}, {human(free)} free on {folder}; free space or use --to / "
+            "hub.models_dir / ZLORA_MODELS_DIR for another disk"
+        )
     log.info("%s@%s: %d files, %s to download into %s", repo_id, commit[:10], len(todo), human(need), folder)
     write_plan(folder, {rel: files[rel][0] for rel in todo})
     for rel in tqdm(todo, desc="files", unit="file", disable=len(todo) < 2):
         size, sha256, sha1 = files[rel]
         try:
             # A present file is bad (wrong size or hash): without force the client trusts its own metadata.
-            hf_hub_download(repo_id, rel, revision=commit, local_dir=folder, endpoint=settings.endpoint,
-                            force_download=(folder / rel).is_file())  # fmt: skip
+            hf_hub_download(
+                repo_id,
+                rel,
+                revision=commit,
+                local_dir=folder,
+                endpoint=settings.endpoint,
+                force_download=(folder / rel).is_file(),
+            )
         except network_errors() as e:
             write_manifest(folder, manifest)  # keep what is verified so far
-            raise UserError(f"{ref}: download of {rel} failed ({type(e).__name__}: {e}); "
-                            "run the same command again to resume") from None  # fmt: skip
+            raise UserError(
+                f"{ref}: download of {rel} failed ({type(e).__name__}: {e}); "
+                "run the same command again to resume"
+            ) from None
         ok, digest = _matches(folder / rel, size, sha256, sha1)
         if not ok:
             (folder / rel).unlink()
             write_manifest(folder, manifest)
-            raise UserError(f"{ref}: {rel} arrived with the wrong hash (a corrupting proxy or mirror?); "
-                            "run the same command again, or try another --endpoint")  # fmt: skip
+            raise UserError(
+                f"{ref}: {rel} arrived with the wrong hash (a corrupting proxy or mirror?); "
+                "run the same command again, or try another --endpoint"
+            )
         manifest["files"][rel] = entry(folder / rel, digest)
         write_manifest(folder, manifest)  # after every file: a killed pull keeps what it verified
     write_manifest(folder, manifest)

@@ -40,8 +40,10 @@ def parse_layer_spec(spec: str | None) -> dict[int, float]:
             raise UserError(f"--layers entry {part!r}: range end is below its start")
         twice = sorted(set(range(lo, hi + 1)) & set(out))
         if twice:
-            raise UserError(f"--layers entry {part!r} overlaps an earlier range at layer(s) "
-                            f"{_ranges(twice)}; give each layer one multiplier")  # fmt: skip
+            raise UserError(
+                f"--layers entry {part!r} overlaps an earlier range at layer(s) "
+                f"{_ranges(twice)}; give each layer one multiplier"
+            )
         for i in range(lo, hi + 1):
             out[i] = float(m.group(3))
     return out
@@ -80,15 +82,19 @@ def check_multipliers(modules: dict[str, LoraModule], mult: Multipliers, source:
     have = sorted({int(m.group(1)) for m in map(_LAYER.match, modules) if m})
     missing = sorted(set(mult.layers or {}) - set(have))
     if missing:
-        raise UserError(f"{source}: --layers names layer(s) {_ranges(missing)}, which this LoRA does not have "
-                        f"(it has layers {_ranges(have) or 'none'})")  # fmt: skip
+        raise UserError(
+            f"{source}: --layers names layer(s) {_ranges(missing)}, which this LoRA does not have "
+            f"(it has layers {_ranges(have) or 'none'})"
+        )
     for comp in mult.components or {}:
         if not any(name.endswith(COMPONENTS[comp]) for name in modules):
             present = [
                 c.replace("_", "-") for c, suf in COMPONENTS.items() if any(n.endswith(suf) for n in modules)
             ]
-            raise UserError(f"{source}: --{comp.replace('_', '-')} matches no module of this LoRA "
-                            f"(it has: {', '.join(present) or 'none of the named components'})")  # fmt: skip
+            raise UserError(
+                f"{source}: --{comp.replace('_', '-')} matches no module of this LoRA "
+                f"(it has: {', '.join(present) or 'none of the named components'})"
+            )
 
 
 def scale(modules: dict[str, LoraModule], mult: Multipliers) -> dict[str, LoraModule]:

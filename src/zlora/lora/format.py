@@ -45,8 +45,13 @@ def save_lora(
     hint: str = "",
 ) -> None:
     tensors = to_file_dict(peft_state, alpha, dtype)
-    meta = {"format": "zlora", "format_version": FORMAT_VERSION, "zlora_version": __version__,
-            "rank": str(rank), "alpha": str(alpha)}  # fmt: skip
+    meta = {
+        "format": "zlora",
+        "format_version": FORMAT_VERSION,
+        "zlora_version": __version__,
+        "rank": str(rank),
+        "alpha": str(alpha),
+    }
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     save_tensors(path, tensors, meta, hint=hint)

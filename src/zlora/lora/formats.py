@@ -44,9 +44,15 @@ ZIMAGE_ROOTS = re.compile(
 # `.alpha` tensors: they send diffusers down its non-diffusers converter, which then fails to find the modules.
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 _PROTECTED = {  # underscore names inside kohya's flattened module names
-    "to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out_0": "to_out.0", "feed_forward": "feed_forward",
-    "noise_refiner": "noise_refiner", "context_refiner": "context_refiner", "adaLN_modulation": "adaLN_modulation",
-}  # fmt: skip
+    "to_q": "to_q",
+    "to_k": "to_k",
+    "to_v": "to_v",
+    "to_out_0": "to_out.0",
+    "feed_forward": "feed_forward",
+    "noise_refiner": "noise_refiner",
+    "context_refiner": "context_refiner",
+    "adaLN_modulation": "adaLN_modulation",
+}
 _FOREIGN = [
     (
         re.compile(r"^lora_te\d?_|(down|up|mid)_blocks?[._]|input_blocks|output_blocks|middle_block"),
@@ -103,10 +109,18 @@ def detect_format(keys: list[str], allow_foreign: bool = False) -> str:
     if foreign:
         if allow_foreign:
             return "foreign"
-        arch = next((a for pattern, a in _FOREIGN if sum(bool(pattern.search(k)) for k in foreign) > len(foreign) // 2),
-                    "another model")  # fmt: skip
-        raise UserError(f"this is a LoRA for {arch}, not Z-Image ({len(foreign)} of {len(lora_keys)} modules, "
-                        f"e.g. {foreign[0]}); pass --allow-foreign to process it anyway")  # fmt: skip
+        arch = next(
+            (
+                a
+                for pattern, a in _FOREIGN
+                if sum(bool(pattern.search(k)) for k in foreign) > len(foreign) // 2
+            ),
+            "another model",
+        )
+        raise UserError(
+            f"this is a LoRA for {arch}, not Z-Image ({len(foreign)} of {len(lora_keys)} modules, "
+            f"e.g. {foreign[0]}); pass --allow-foreign to process it anyway"
+        )
     if any(k.startswith("lora_unet_") for k in keys):
         return "kohya"
     if any(k.startswith("diffusion_model.") for k in keys):
@@ -132,8 +146,13 @@ def _kohya_module(flat: str) -> str:
     return ".".join(out)
 
 
-_KINDS = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_down.weight": "A", ".lora_up.weight": "B",
-          ".alpha": "alpha"}  # fmt: skip
+_KINDS = {
+    ".lora_A.weight": "A",
+    ".lora_B.weight": "B",
+    ".lora_down.weight": "A",
+    ".lora_up.weight": "B",
+    ".alpha": "alpha",
+}
 _SUFFIXES = tuple(_KINDS)
 
 
@@ -172,11 +191,15 @@ def read_modules(
                 f"module {module} has {'no lora_A/down' if 'A' not in p else 'no lora_B/up'} weight"
             )
         if p["A"].ndim != 2 or p["B"].ndim != 2:
-            raise UserError(f"module {module}: LoRA weights must be 2-D matrices (got {list(p['A'].shape)} and "
-                            f"{list(p['B'].shape)}; convolution LoRAs are not supported)")  # fmt: skip
+            raise UserError(
+                f"module {module}: LoRA weights must be 2-D matrices (got {list(p['A'].shape)} and "
+                f"{list(p['B'].shape)}; convolution LoRAs are not supported)"
+            )
         if p["A"].shape[0] != p["B"].shape[1]:
-            raise UserError(f"module {module}: lora_A/down has rank {p['A'].shape[0]} but lora_B/up has rank "
-                            f"{p['B'].shape[1]}; the file is damaged")  # fmt: skip
+            raise UserError(
+                f"module {module}: lora_A/down has rank {p['A'].shape[0]} but lora_B/up has rank "
+                f"{p['B'].shape[1]}; the file is damaged"
+            )
         if "alpha" in p:
             alpha = float(p["alpha"])
         else:
@@ -194,10 +217,12 @@ def diffusers_metadata(modules: dict[str, LoraModule]) -> dict[str, str]:
     r = Counter(m.rank for m in modules.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
     cfg = {
-        "r": r, "lora_alpha": alpha, "target_modules": sorted(modules),
+        "r": r,
+        "lora_alpha": alpha,
+        "target_modules": sorted(modules),
         "rank_pattern": {n: m.rank for n, m in modules.items() if m.rank != r},
         "alpha_pattern": {n: a for n, a in alphas.items() if a != alpha},
-    }  # fmt: skip
+    }
     # Pipeline-level files key the config by component: diffusers keeps the `transformer.` entries.
     return {DIFFUSERS_METADATA_KEY: json.dumps({f"transformer.{k}": v for k, v in cfg.items()})}
 
@@ -253,13 +278,20 @@ def _fuse(modules: dict[str, LoraModule]) -> dict[str, LoraModule]:
             out[name.removesuffix("to_out.0") + "out"] = m
         elif not name.endswith((".attention.to_q", ".attention.to_k", ".attention.to_v")):
             out[name] = m
-    stems = sorted({n.rsplit(".", 1)[0] + "." for n in modules if n.endswith((".to_q", ".to_k", ".to_v"))
-                    and ".attention." in n})  # fmt: skip
+    stems = sorted(
+        {
+            n.rsplit(".", 1)[0] + "."
+            for n in modules
+            if n.endswith((".to_q", ".to_k", ".to_v")) and ".attention." in n
+        }
+    )
     for stem in stems:
         trio = [modules.get(stem + s) for s in ("to_q", "to_k", "to_v")]
         some = next(t for t in trio if t is not None)
-        trio = [t if t is not None else LoraModule(torch.zeros_like(some.A), torch.zeros_like(some.B), some.alpha)
-                for t in trio]  # fmt: skip
+        trio = [
+            t if t is not None else LoraModule(torch.zeros_like(some.A), torch.zeros_like(some.B), some.alpha)
+            for t in trio
+        ]
         same = len({(t.rank, t.alpha) for t in trio}) == 1
         Bs = [t.B if same else t.B * ((t.alpha or t.rank) / t.rank) for t in trio]
         A = torch.cat([t.A for t in trio], dim=0)
@@ -280,9 +312,10 @@ def _unfuse(modules: dict[str, LoraModule]) -> dict[str, LoraModule]:
             r = rank // 3
             blocks = [m.B[i * out_dim : (i + 1) * out_dim] for i in range(3)]
             diagonal = rank % 3 == 0 and all(
-                torch.count_nonzero(blocks[i][:, :j * r]) == 0 and torch.count_nonzero(blocks[i][:, (j + 1) * r :]) == 0
+                torch.count_nonzero(blocks[i][:, : j * r]) == 0
+                and torch.count_nonzero(blocks[i][:, (j + 1) * r :]) == 0
                 for i, j in ((0, 0), (1, 1), (2, 2))
-            )  # fmt: skip
+            )
             for i, comp in enumerate(("to_q", "to_k", "to_v")):
                 if diagonal:  # a fused copy of three separate LoRAs: split exactly, rank r each
                     alpha = m.alpha / 3 if m.alpha is not None else None

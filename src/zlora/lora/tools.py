@@ -21,9 +21,15 @@ from zlora.utils.st import save_tensors
 
 _BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
 COMPONENT_NAMES = {
-    "attention.to_q": "q", "attention.to_k": "k", "attention.to_v": "v", "attention.to_out.0": "out",
-    "feed_forward.w1": "w1", "feed_forward.w2": "w2", "feed_forward.w3": "w3", "adaLN_modulation.0": "adaLN",
-}  # fmt: skip
+    "attention.to_q": "q",
+    "attention.to_k": "k",
+    "attention.to_v": "v",
+    "attention.to_out.0": "out",
+    "feed_forward.w1": "w1",
+    "feed_forward.w2": "w2",
+    "feed_forward.w3": "w3",
+    "adaLN_modulation.0": "adaLN",
+}
 
 
 def delta_norm(m: LoraModule) -> float:
@@ -66,12 +72,19 @@ def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
         f"format:   {fmt}" + (" (ai-toolkit style: no .alpha keys)" if fmt == "zlora" and no_alpha else ""),
         f"modules:  {len(modules)}",
         f"rank:     {', '.join(map(str, ranks))}",
-        "alpha:    " + (", ".join(f"{a:g}" for a in alphas) if alphas else "")
-        + (f"{'; ' if alphas else ''}not stored for {no_alpha} modules: loaders use alpha = rank" if no_alpha else ""),
-        "scale:    " + ", ".join(f"{x:g}" for x in scales) + " (alpha/rank: the delta is scale x B A; a loader "
+        "alpha:    "
+        + (", ".join(f"{a:g}" for a in alphas) if alphas else "")
+        + (
+            f"{'; ' if alphas else ''}not stored for {no_alpha} modules: loaders use alpha = rank"
+            if no_alpha
+            else ""
+        ),
+        "scale:    "
+        + ", ".join(f"{x:g}" for x in scales)
+        + " (alpha/rank: the delta is scale x B A; a loader "
         "that reads tensors only uses the .alpha keys, else scale 1)",
         f"dtype:    {', '.join(sorted({str(t.dtype).removeprefix('torch.') for t in tensors.values()}))}",
-    ]  # fmt: skip
+    ]
     if bad:
         lines.append(f"NOT FINITE: {len(bad)} tensors hold NaN/inf, e.g. {bad[0]}")
     for k, v in sorted(meta.items()):
@@ -122,8 +135,9 @@ def write_lora(modules: dict[str, LoraModule], dst: str | Path, fmt: str, meta: 
     save_tensors(dst, out, {**meta, **extra})
 
 
-def scale_lora(src: str | Path, dst: str | Path, mult: Multipliers, overwrite: bool = False,
-               allow_foreign: bool = False) -> None:  # fmt: skip
+def scale_lora(
+    src: str | Path, dst: str | Path, mult: Multipliers, overwrite: bool = False, allow_foreign: bool = False
+) -> None:
     check_output(dst, [src], overwrite=overwrite)
     modules, fmt, meta = read_lora_modules(src, allow_foreign)
     check_multipliers(modules, mult, str(src))
@@ -164,13 +178,18 @@ def merge_loras(
     if rank is not None:
         merged, kept = reduce_rank(merged, rank)
     meta = {"merged_from": json.dumps([[str(p), w] for p, w in inputs]), "rank": str(rank or "concatenated")}
-    write_lora({n: LoraModule(m.A.contiguous(), m.B.contiguous(), m.alpha) for n, m in merged.items()}, dst,
-               "foreign" if True in kinds else "zlora", meta)  # fmt: skip
+    write_lora(
+        {n: LoraModule(m.A.contiguous(), m.B.contiguous(), m.alpha) for n, m in merged.items()},
+        dst,
+        "foreign" if True in kinds else "zlora",
+        meta,
+    )
     return kept
 
 
-def resize_lora(src: str | Path, dst: str | Path, rank: int, overwrite: bool = False,
-                allow_foreign: bool = False) -> dict[str, float]:  # fmt: skip
+def resize_lora(
+    src: str | Path, dst: str | Path, rank: int, overwrite: bool = False, allow_foreign: bool = False
+) -> dict[str, float]:
     _check_rank(rank)
     check_output(dst, [src], overwrite=overwrite)
     modules, fmt, meta = read_lora_modules(src, allow_foreign)
@@ -197,8 +216,12 @@ def extract_lora(
 
     _check_rank(rank)
     files = weight_files(base) + weight_files(tuned)
-    check_output(dst, files, overwrite=overwrite, read_folders=[f.parent.parent for f in files
-                                                                if f.parent.name == "transformer"])  # fmt: skip
+    check_output(
+        dst,
+        files,
+        overwrite=overwrite,
+        read_folders=[f.parent.parent for f in files if f.parent.name == "transformer"],
+    )
     modules, errors = extract(base, tuned, rank)
     write_lora(
         modules,

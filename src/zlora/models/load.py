@@ -66,8 +66,10 @@ def resolve_model(ref: str, settings: HubSettings | None = None) -> ResolvedMode
             f"`model.name_or_path` looks like a Windows path ({ref}); use a POSIX path on this machine"
         )
     if ref.startswith(("./", "../", "/", "~")) or ref in (".", ".."):
-        raise UserError(f"`model.name_or_path` folder not found: {path.absolute()}; check the path, or give a "
-                        "hub id such as Tongyi-MAI/Z-Image-Turbo")  # fmt: skip
+        raise UserError(
+            f"`model.name_or_path` folder not found: {path.absolute()}; check the path, or give a "
+            "hub id such as Tongyi-MAI/Z-Image-Turbo"
+        )
     if not _HUB_ID.match(ref):
         raise UserError(f"`model.name_or_path` is neither a folder nor a hub id (org/name): {ref}")
     folder, commit = resolve_hub_model(ref, settings or hub_settings())
@@ -80,8 +82,10 @@ def builtin_shapes_path() -> Path:
 
     folder = Path(zlora.shapes.__file__).parent / "model"
     if not (folder / "model_index.json").is_file():
-        raise UserError(f"builtin:shapes is missing from this install ({folder}); reinstall zlora, or make it "
-                        "with: python examples/pretrain_shapes.py")  # fmt: skip
+        raise UserError(
+            f"builtin:shapes is missing from this install ({folder}); reinstall zlora, or make it "
+            "with: python examples/pretrain_shapes.py"
+        )
     return folder
 
 

@@ -41,19 +41,47 @@ _CORPUS = [
 ]
 
 TRANSFORMER_CONFIG = dict(
-    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=2, n_refiner_layers=1,
-    n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, rope_theta=256.0, t_scale=1000.0,
-    axes_dims=[8, 12, 12], axes_lens=[1024, 128, 128],
-)  # fmt: skip
+    all_patch_size=(2,),
+    all_f_patch_size=(1,),
+    in_channels=16,
+    dim=64,
+    n_layers=2,
+    n_refiner_layers=1,
+    n_heads=2,
+    n_kv_heads=2,
+    norm_eps=1e-5,
+    qk_norm=True,
+    cap_feat_dim=32,
+    rope_theta=256.0,
+    t_scale=1000.0,
+    axes_dims=[8, 12, 12],
+    axes_lens=[1024, 128, 128],
+)
 TEXT_ENCODER_CONFIG = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-    head_dim=16, max_position_embeddings=1024, rope_theta=1_000_000.0, tie_word_embeddings=False,
-)  # fmt: skip
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    max_position_embeddings=1024,
+    rope_theta=1_000_000.0,
+    tie_word_embeddings=False,
+)
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
-    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
-)  # fmt: skip
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    block_out_channels=(8, 16, 16, 16),
+    layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=4,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
 
 
 def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384):
@@ -65,9 +93,11 @@ def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )  # fmt: skip
+    )
     tok.train_from_iterator(corpus or _CORPUS, trainer)
     return Qwen2Tokenizer(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
@@ -76,8 +106,15 @@ def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384):
 
 # `zlora bench --size real`: the real transformer (diffusers' defaults are Z-Image's config: dim 3840, 30 layers,
 # 6.15 B parameters) with random weights, fed by a one-layer text encoder of the real width (2560).
-REAL_TEXT_ENCODER_CONFIG = {**TEXT_ENCODER_CONFIG, "hidden_size": 2560, "intermediate_size": 256, "num_hidden_layers": 1,
-                            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 64}  # fmt: skip
+REAL_TEXT_ENCODER_CONFIG = {
+    **TEXT_ENCODER_CONFIG,
+    "hidden_size": 2560,
+    "intermediate_size": 256,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 64,
+}
 
 
 def build_pipeline(seed: int = 0, size: str = "tiny"):

@@ -45,9 +45,9 @@ def encode_images(vae, pixels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     The latent is sampled from the VAE's posterior with noise from one seed per image, so an image encodes to
     the same latent alone or in any batch, cached or not."""
     dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    noise = torch.stack([
-        torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds
-    ]).to(dist.mean.device, dist.mean.dtype)  # fmt: skip
+    noise = torch.stack(
+        [torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds]
+    ).to(dist.mean.device, dist.mean.dtype)
     z = dist.mean + dist.std * noise
     return ((z - vae.config.shift_factor) * vae.config.scaling_factor).float()
 

@@ -76,8 +76,16 @@ def summarise(judged: list[Judged], base: dict[tuple[str, int], tuple] | None = 
 
 
 @torch.no_grad()
-def sample_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, width: int, height: int,
-                 batch: int = 32) -> list[Image.Image]:  # fmt: skip
+def sample_batch(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    width: int,
+    height: int,
+    batch: int = 32,
+) -> list[Image.Image]:
     """Images for prompt/seed pairs through ZImagePipeline, ``batch`` at a time; each image's noise comes from its
     own seed, so an image does not depend on what else is in its batch."""
     device = pipe.transformer.device
@@ -86,8 +94,15 @@ def sample_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidanc
         part = slice(i, i + batch)
         gens = [torch.Generator(device).manual_seed(s) for s in seeds[part]]
         neg = [""] * len(prompts[part]) if guidance > 0 else None
-        images += pipe(prompt=prompts[part], negative_prompt=neg, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-                       generator=gens).images  # fmt: skip
+        images += pipe(
+            prompt=prompts[part],
+            negative_prompt=neg,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+        ).images
     return images
 
 

@@ -138,5 +138,11 @@ def judge(image: Image.Image, two_tone: bool = False) -> Verdict:
     sig = signature(mask)
     dists = {s: min(float(np.abs(sig - t).sum()) for t in ts) for s, ts in templates().items()}
     shape = min(dists, key=dists.get)
-    return Verdict(name(fg), shape if dists[shape] <= MAX_SHAPE_DISTANCE else None, name(bg), name(bg2),
-                   round(dists[shape], 4), shape)  # fmt: skip
+    return Verdict(
+        name(fg),
+        shape if dists[shape] <= MAX_SHAPE_DISTANCE else None,
+        name(bg),
+        name(bg2),
+        round(dists[shape], 4),
+        shape,
+    )

@@ -76,10 +76,12 @@ def shape_polygon(shape: str, x0: float, y0: float, side: float) -> list[tuple[f
     if shape == "star":  # five points, one up; inner radius 0.45 of the outer
         r = side / 2
         return [
-            (cx + (r if k % 2 == 0 else 0.45 * r) * math.sin(k * math.pi / 5),
-             cy - (r if k % 2 == 0 else 0.45 * r) * math.cos(k * math.pi / 5))
+            (
+                cx + (r if k % 2 == 0 else 0.45 * r) * math.sin(k * math.pi / 5),
+                cy - (r if k % 2 == 0 else 0.45 * r) * math.cos(k * math.pi / 5),
+            )
             for k in range(10)
-        ]  # fmt: skip
+        ]
     if shape == "circle":
         return None
     raise ValueError(f"unknown shape {shape!r}")

@@ -73,9 +73,15 @@ def save_checkpoint(
 
 def lora_metadata(cfg, step: int) -> dict[str, object]:
     """What a saved LoRA says about itself (base model, step, trigger word, targets, run name)."""
-    return {"base_model": cfg.model.name_or_path, "arch": cfg.model.arch, "step": str(step),
-            "trigger_word": cfg.job.trigger_word or "", "target_modules": cfg.network.target_modules,
-            "target_blocks": cfg.network.target_blocks, "name": cfg.job.name}  # fmt: skip
+    return {
+        "base_model": cfg.model.name_or_path,
+        "arch": cfg.model.arch,
+        "step": str(step),
+        "trigger_word": cfg.job.trigger_word or "",
+        "target_modules": cfg.network.target_modules,
+        "target_blocks": cfg.network.target_blocks,
+        "name": cfg.job.name,
+    }
 
 
 def get_rng(generator: torch.Generator, host: torch.Generator, device: torch.device) -> dict:
@@ -125,20 +131,35 @@ def write_run_json(path: Path, model_ref, processes: int = 1) -> None:
 
     folder = model_ref.folder
     manifest = read_manifest(folder)  # pulled/exported models: sha256 per file, computed once at pull
-    files = manifest["files"] if manifest else {
-        str(p.relative_to(folder)): {"size": p.stat().st_size} for p in sorted(folder.rglob("*")) if p.is_file()
-    }  # fmt: skip
+    files = (
+        manifest["files"]
+        if manifest
+        else {
+            str(p.relative_to(folder)): {"size": p.stat().st_size}
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
+    )
     try:  # a run's history survives its restarts
         history = json.loads(path.read_text(encoding="utf-8")).get("forced_resumes", [])
     except (OSError, ValueError):
         history = []
     info = {
-        "base_model": {"reference": model_ref.reference, "folder": str(folder), "revision": model_ref.revision,
-                       "files": files},
-        "versions": {"zlora": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__,
-                     "python": platform.python_version()},
+        "base_model": {
+            "reference": model_ref.reference,
+            "folder": str(folder),
+            "revision": model_ref.revision,
+            "files": files,
+        },
+        "versions": {
+            "zlora": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "python": platform.python_version(),
+        },
         "processes": processes,
         **({"forced_resumes": history} if history else {}),
-    }  # fmt: skip
+    }
     atomic_write_text(path, json.dumps(info, indent=2) + "\n")

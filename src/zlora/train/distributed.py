@@ -81,8 +81,10 @@ class Dist:
         torch.distributed.all_gather_object(everyone, mine)
         differ = [r for r, h in enumerate(everyone) if h != everyone[0]]
         if differ:
-            raise UserError(f"the processes of this launch disagree on the {what} (processes {differ} differ from "
-                            "process 0); give every process the same config file and overrides")  # fmt: skip
+            raise UserError(
+                f"the processes of this launch disagree on the {what} (processes {differ} differ from "
+                "process 0); give every process the same config file and overrides"
+            )
 
 
 def init(cpu: bool) -> Dist:
@@ -95,7 +97,12 @@ def init(cpu: bool) -> Dist:
 
     state = PartialState(cpu=cpu)
     if state.num_processes != world:
-        raise UserError(f"WORLD_SIZE is {world} but accelerate set up {state.num_processes} processes; launch with "
-                        "torchrun or accelerate launch")  # fmt: skip
-    return Dist(rank=state.process_index, world=state.num_processes, device=torch.device(state.device.type)
-                if cpu else state.device)  # fmt: skip
+        raise UserError(
+            f"WORLD_SIZE is {world} but accelerate set up {state.num_processes} processes; launch with "
+            "torchrun or accelerate launch"
+        )
+    return Dist(
+        rank=state.process_index,
+        world=state.num_processes,
+        device=torch.device(state.device.type) if cpu else state.device,
+    )

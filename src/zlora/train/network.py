@@ -32,8 +32,10 @@ def target_module_names(transformer: torch.nn.Module, net: NetworkConfig) -> lis
         if pattern.match(n) and not any(x.search(n) for x in exclude)
     ]
     if not names:
-        raise UserError("`network.target_modules` / `target_blocks` / `exclude` leave no module to train; "
-                        f"modules look like layers.0.{net.target_modules[0]}")  # fmt: skip
+        raise UserError(
+            "`network.target_modules` / `target_blocks` / `exclude` leave no module to train; "
+            f"modules look like layers.0.{net.target_modules[0]}"
+        )
     return names
 
 
@@ -41,8 +43,13 @@ def add_user_lora(transformer: torch.nn.Module, net: NetworkConfig, seed: int) -
     """peft LoRA (scale alpha / rank) on the target modules; its weights are fp32 whatever the base dtype."""
     from peft import LoraConfig
 
-    config = LoraConfig(r=net.linear, lora_alpha=net.linear_alpha, lora_dropout=net.dropout, init_lora_weights=True,
-                        target_modules=target_module_names(transformer, net))  # fmt: skip
+    config = LoraConfig(
+        r=net.linear,
+        lora_alpha=net.linear_alpha,
+        lora_dropout=net.dropout,
+        init_lora_weights=True,
+        target_modules=target_module_names(transformer, net),
+    )
     torch.manual_seed(seed)  # LoRA A init
     transformer.add_adapter(config, adapter_name=USER_LORA)
     for p in transformer.parameters():

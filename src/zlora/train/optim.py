@@ -24,8 +24,10 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
     module, name, package, needs_cuda = OPTIMIZERS[cfg.optimizer]
     if needs_cuda and device.type != "cuda":
         usable = ", ".join(k for k, v in OPTIMIZERS.items() if not v[3])
-        raise UserError(f"`train.optimizer` {cfg.optimizer} needs a CUDA GPU (bitsandbytes); on {device.type} use "
-                        f"one of: {usable}")  # fmt: skip
+        raise UserError(
+            f"`train.optimizer` {cfg.optimizer} needs a CUDA GPU (bitsandbytes); on {device.type} use "
+            f"one of: {usable}"
+        )
     try:
         cls = getattr(importlib.import_module(module), name)
     except ImportError:
@@ -52,16 +54,27 @@ def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     }.get(cfg.lr_scheduler, set())
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise UserError(f"`train.lr_scheduler_params` {unknown} do not apply to {cfg.lr_scheduler}; "
-                        f"it takes: {', '.join(sorted(allowed)) or 'nothing'}")  # fmt: skip
+        raise UserError(
+            f"`train.lr_scheduler_params` {unknown} do not apply to {cfg.lr_scheduler}; "
+            f"it takes: {', '.join(sorted(allowed)) or 'nothing'}"
+        )
     if cfg.lr_scheduler == "step":
-        return _warmup_then_step(optimizer, cfg.lr_warmup_steps, int(params.get("step_size", max(1, total_steps // 3))),
-                                 float(params.get("gamma", 0.5)))  # fmt: skip
+        return _warmup_then_step(
+            optimizer,
+            cfg.lr_warmup_steps,
+            int(params.get("step_size", max(1, total_steps // 3))),
+            float(params.get("gamma", 0.5)),
+        )
     from diffusers.optimization import get_scheduler
 
-    return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                         num_training_steps=total_steps, num_cycles=int(params.get("num_cycles", 1)),
-                         power=float(params.get("power", 1.0)))  # fmt: skip
+    return get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps,
+        num_training_steps=total_steps,
+        num_cycles=int(params.get("num_cycles", 1)),
+        power=float(params.get("power", 1.0)),
+    )
 
 
 def _warmup_then_step(optimizer, warmup: int, step_size: int, gamma: float):

@@ -56,5 +56,9 @@ def _judge(t, cells, prompts, embeds, negs) -> None:
 
     scores = t.preview_judge.preview_scores(t.step, cells, base_previews)
     t.metrics.log(step=t.step, judge=scores)
-    log.info("judge: adherence %s, concept %s, drift %s", scores["adherence"], scores["concept"],
-             scores.get("drift"))  # fmt: skip
+    log.info(
+        "judge: adherence %s, concept %s, drift %s",
+        scores["adherence"],
+        scores["concept"],
+        scores.get("drift"),
+    )

@@ -15,10 +15,19 @@ from zlora.utils.io import atomic_write_text
 # Settings that may change between a run and its resume: how long to train, what to preview and save, how
 # (not what) to cache, where to run. Everything else changes what is trained.
 FREE_TO_CHANGE = [
-    "train.steps", "train.gradient_checkpointing", "train.cache_text_embeddings", "train.unload_text_encoder",
-    "save.*", "sample.*", "hub.*", "job.device", "job.name", "job.output_dir",
-    "datasets.*.cache_latents", "datasets.*.cache_dir",
-]  # fmt: skip
+    "train.steps",
+    "train.gradient_checkpointing",
+    "train.cache_text_embeddings",
+    "train.unload_text_encoder",
+    "save.*",
+    "sample.*",
+    "hub.*",
+    "job.device",
+    "job.name",
+    "job.output_dir",
+    "datasets.*.cache_latents",
+    "datasets.*.cache_dir",
+]
 # Changes that --force-resume cannot apply: the saved LoRA weights would not fit the new network.
 NEVER = ["network.*"]
 
@@ -73,14 +82,22 @@ def check(old: dict, new: dict, checkpoint: Path, force: bool) -> dict[str, tupl
     lines = [f"  {k}: {_show(o)} -> {_show(n)}" for k, (o, n) in found.items()]
     fixed = [k for k in found if _matches(k, NEVER)]
     if force and fixed:
-        raise UserError(problems=[
-            f"{checkpoint}: --force-resume cannot change the LoRA's shape ({', '.join(fixed)}); restore those "
-            "settings, or start a new run with another job.name", *lines])  # fmt: skip
+        raise UserError(
+            problems=[
+                f"{checkpoint}: --force-resume cannot change the LoRA's shape ({', '.join(fixed)}); restore those "
+                "settings, or start a new run with another job.name",
+                *lines,
+            ]
+        )
     if not force:
-        raise UserError(problems=[
-            f"{checkpoint} was trained with other settings ({len(found)} changed):", *lines,
-            "restore them; or start a new run (another job.name); or pass --force-resume to apply the new "
-            "settings from this checkpoint on"])  # fmt: skip
+        raise UserError(
+            problems=[
+                f"{checkpoint} was trained with other settings ({len(found)} changed):",
+                *lines,
+                "restore them; or start a new run (another job.name); or pass --force-resume to apply the new "
+                "settings from this checkpoint on",
+            ]
+        )
     return found
 
 

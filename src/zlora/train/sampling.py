@@ -18,9 +18,14 @@ PREVIEW_PIXELS, PREVIEW_MAX = 1024 * 1024, 32
 
 @torch.no_grad()
 def render_previews(
-    pipe, prompts: list[PromptConfig], embeds: list[torch.Tensor], neg_embeds: list[torch.Tensor],
-    cfg: SampleConfig, out_dir: Path | None, tag: str,
-) -> tuple[Path, list[tuple[str, int, Image.Image]]]:  # fmt: skip
+    pipe,
+    prompts: list[PromptConfig],
+    embeds: list[torch.Tensor],
+    neg_embeds: list[torch.Tensor],
+    cfg: SampleConfig,
+    out_dir: Path | None,
+    tag: str,
+) -> tuple[Path, list[tuple[str, int, Image.Image]]]:
     """Render every prompt x seed with ``pipe`` (its transformer as it is now) and write ``<tag>.png``. Each
     prompt has its own size, seed and negative prompt (``SampleConfig.prompt_list``). Returns the grid's path and
     the (prompt, seed, image) of every cell."""
@@ -40,10 +45,12 @@ def render_previews(
             out = pipe(
                 prompt_embeds=[embeds[i] for i, _ in part],
                 negative_prompt_embeds=[neg_embeds[i] for i, _ in part] if use_cfg else None,
-                height=height, width=width, num_inference_steps=cfg.sample_steps,
+                height=height,
+                width=width,
+                num_inference_steps=cfg.sample_steps,
                 guidance_scale=cfg.guidance_scale if use_cfg else 0.0,
                 generator=[torch.Generator(device).manual_seed(prompts[i].seed + j) for i, j in part],
-            ).images  # fmt: skip
+            ).images
             images.update(zip(part, out, strict=True))
     rows, cells = [], []
     for i, p in enumerate(prompts):

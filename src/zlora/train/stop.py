@@ -31,8 +31,10 @@ class GracefulStop:
             if self.signal is not None:  # second Ctrl-C: stop now, without a checkpoint
                 raise KeyboardInterrupt
             self.signal = signum
-            log.warning("%s received: finishing this step and writing a checkpoint (again to abort now)",
-                        signal.Signals(signum).name)  # fmt: skip
+            log.warning(
+                "%s received: finishing this step and writing a checkpoint (again to abort now)",
+                signal.Signals(signum).name,
+            )
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, request_stop)

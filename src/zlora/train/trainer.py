@@ -68,8 +68,13 @@ class Trainer:
         adapter = cfg.model.assistant_lora_path
         self.adapter_path = resolve_file_ref(adapter, "model.assistant_lora_path", hub) if adapter else None
 
-        log.info("loading %s from %s (%s, %s)", cfg.model.name_or_path, self.model_ref.folder, self.dtype,
-                 self.device)  # fmt: skip
+        log.info(
+            "loading %s from %s (%s, %s)",
+            cfg.model.name_or_path,
+            self.model_ref.folder,
+            self.dtype,
+            self.device,
+        )
         self.parts = load_components(self.model_ref.folder, self.dtype, text_encoder=False)
         self.parts.vae.to(self.device)
         with self.dist.main_first():  # disk caches are filled once, then read by the other processes
@@ -206,22 +211,36 @@ class Trainer:
         if not changed("train.seed"):
             checkpoint.set_rng(state["rng"], self.generator, self.host_generator, self.device)
         self.step = step
-        log.info("resumed from %s (step %d)%s", path, step,
-                 f"; --force-resume applies {len(self.forced)} changed settings" if self.forced else "")  # fmt: skip
+        log.info(
+            "resumed from %s (step %d)%s",
+            path,
+            step,
+            f"; --force-resume applies {len(self.forced)} changed settings" if self.forced else "",
+        )
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
         cfg = self.cfg
         if self.step >= cfg.train.steps:
-            log.info("already trained to step %d (train.steps=%d); raise train.steps to continue", self.step,
-                     cfg.train.steps)  # fmt: skip
+            log.info(
+                "already trained to step %d (train.steps=%d); raise train.steps to continue",
+                self.step,
+                cfg.train.steps,
+            )
             return
         self.stop.install()
         if self.step == 0 and cfg.sample.prompts and not cfg.sample.skip_first_sample:
             self.sample()
         self.transformer.train()
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
-                   mininterval=0.1 if sys.stderr.isatty() else 10, disable=not self.dist.main)  # fmt: skip
+        bar = tqdm(
+            total=cfg.train.steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.1 if sys.stderr.isatty() else 10,
+            disable=not self.dist.main,
+        )
         first = self.step
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
@@ -235,8 +254,13 @@ class Trainer:
                 self.metrics.log(
                     step=self.step, loss=loss, lr=lr, seconds=round(seconds, 6), mem_gib=round(mem, 3)
                 )
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", s_step=f"{seconds:.3f}", mem_gib=f"{mem:.2f}",
-                            refresh=False)  # bar.update() redraws  # fmt: skip
+            bar.set_postfix(
+                loss=f"{loss:.4f}",
+                lr=f"{lr:.2e}",
+                s_step=f"{seconds:.3f}",
+                mem_gib=f"{mem:.2f}",
+                refresh=False,
+            )  # bar.update() redraws
             bar.update()
 
             done = self.step == cfg.train.steps
@@ -265,8 +289,12 @@ class Trainer:
         # and so do 2 processes with 1 sample each.
         caps = self.data.captions(flat, self.host_generator)  # (L_i, D) each: caption lengths differ
         sigmas = sample_sigmas(cfg, len(flat), self.generator, self.device)
-        noise = [torch.randn(self.data.latent_shape(i, self.parts.vae), generator=self.generator, device=self.device)
-                 for i in flat]  # (C, h, w) each  # fmt: skip
+        noise = [
+            torch.randn(
+                self.data.latent_shape(i, self.parts.vae), generator=self.generator, device=self.device
+            )
+            for i in flat
+        ]  # (C, h, w) each
 
         total, start = torch.zeros((), device=self.device), 0
         for b in batches:
@@ -368,8 +396,14 @@ class Trainer:
             state = {
                 k: v.detach().clone() for k, v in self._lora_state().items()
             }  # before the weights return
-        save_lora(path, state, rank=cfg.network.linear, alpha=cfg.network.linear_alpha,
-                  dtype=SAVE_DTYPES[cfg.save.dtype], metadata=checkpoint.lora_metadata(cfg, self.step))  # fmt: skip
+        save_lora(
+            path,
+            state,
+            rank=cfg.network.linear,
+            alpha=cfg.network.linear_alpha,
+            dtype=SAVE_DTYPES[cfg.save.dtype],
+            metadata=checkpoint.lora_metadata(cfg, self.step),
+        )
 
     def save_checkpoint(self) -> Path:
         if not self.dist.main:  # every process holds the same state; one writes it
@@ -425,8 +459,9 @@ def run_training(cfg: Config, force_resume: bool = False) -> Path:
         if isinstance(e, OSError):
             e = write_error(Path(e.filename or trainer.run_dir), e)
         if e.disk_full:
-            raise UserError(f"disk full while writing {e.path}; {hint}; free space and run the same command "
-                            "again") from None  # fmt: skip
+            raise UserError(
+                f"disk full while writing {e.path}; {hint}; free space and run the same command again"
+            ) from None
         raise e from None
     finally:
         trainer.cleanup()

@@ -41,29 +41,96 @@ TOKEN_COOKIE = "zlora_token"
 # The guide's panels (training guide, section 6) and the config fields each one shows.
 PANELS = [
     {"id": "job", "title": "Job", "fields": ["job.name", "job.trigger_word", "job.device", "job.output_dir"]},
-    {"id": "model", "title": "Model", "fields": ["model.arch", "model.name_or_path", "model.assistant_lora_path",
-                                                 "model.dtype"]},
-    {"id": "quantization", "title": "Quantization", "fields": ["model.quantize", "model.qtype", "model.quantize_te",
-                                                               "model.qtype_te"]},
-    {"id": "target", "title": "Target", "fields": ["network.linear", "network.linear_alpha", "network.preset",
-                                                   "network.target_blocks", "network.dropout"]},
-    {"id": "save", "title": "Save", "fields": ["save.dtype", "save.save_every", "save.max_step_saves_to_keep"]},
-    {"id": "training", "title": "Training", "fields": [
-        "train.batch_size", "train.steps", "train.gradient_accumulation", "train.optimizer", "train.lr",
-        "train.weight_decay", "train.lr_scheduler", "train.lr_warmup_steps", "train.loss_type",
-        "train.timestep_type", "train.timestep_bias", "train.ema_config.use_ema", "train.ema_config.ema_decay",
-        "train.cache_text_embeddings", "train.unload_text_encoder", "train.gradient_checkpointing", "train.compile",
-        "train.diff_output_preservation", "train.diff_output_preservation_class",
-        "train.diff_output_preservation_multiplier", "train.seed"]},
-    {"id": "datasets", "title": "Datasets", "list": "datasets", "fields": [
-        "folder_path", "caption_ext", "default_caption", "caption_dropout_rate", "resolution", "cache_latents",
-        "num_repeats", "flip_x", "is_reg", "prior_reg"]},
-    {"id": "sample", "title": "Sample", "fields": ["sample.sample_every", "sample.sample_steps",
-                                                   "sample.guidance_scale", "sample.width", "sample.height",
-                                                   "sample.seed", "sample.walk_seed", "sample.prompts"]},
-    {"id": "advanced", "title": "Advanced", "fields": ["train.do_differential_guidance",
-                                                       "train.differential_guidance_scale"]},
-]  # fmt: skip
+    {
+        "id": "model",
+        "title": "Model",
+        "fields": ["model.arch", "model.name_or_path", "model.assistant_lora_path", "model.dtype"],
+    },
+    {
+        "id": "quantization",
+        "title": "Quantization",
+        "fields": ["model.quantize", "model.qtype", "model.quantize_te", "model.qtype_te"],
+    },
+    {
+        "id": "target",
+        "title": "Target",
+        "fields": [
+            "network.linear",
+            "network.linear_alpha",
+            "network.preset",
+            "network.target_blocks",
+            "network.dropout",
+        ],
+    },
+    {
+        "id": "save",
+        "title": "Save",
+        "fields": ["save.dtype", "save.save_every", "save.max_step_saves_to_keep"],
+    },
+    {
+        "id": "training",
+        "title": "Training",
+        "fields": [
+            "train.batch_size",
+            "train.steps",
+            "train.gradient_accumulation",
+            "train.optimizer",
+            "train.lr",
+            "train.weight_decay",
+            "train.lr_scheduler",
+            "train.lr_warmup_steps",
+            "train.loss_type",
+            "train.timestep_type",
+            "train.timestep_bias",
+            "train.ema_config.use_ema",
+            "train.ema_config.ema_decay",
+            "train.cache_text_embeddings",
+            "train.unload_text_encoder",
+            "train.gradient_checkpointing",
+            "train.compile",
+            "train.diff_output_preservation",
+            "train.diff_output_preservation_class",
+            "train.diff_output_preservation_multiplier",
+            "train.seed",
+        ],
+    },
+    {
+        "id": "datasets",
+        "title": "Datasets",
+        "list": "datasets",
+        "fields": [
+            "folder_path",
+            "caption_ext",
+            "default_caption",
+            "caption_dropout_rate",
+            "resolution",
+            "cache_latents",
+            "num_repeats",
+            "flip_x",
+            "is_reg",
+            "prior_reg",
+        ],
+    },
+    {
+        "id": "sample",
+        "title": "Sample",
+        "fields": [
+            "sample.sample_every",
+            "sample.sample_steps",
+            "sample.guidance_scale",
+            "sample.width",
+            "sample.height",
+            "sample.seed",
+            "sample.walk_seed",
+            "sample.prompts",
+        ],
+    },
+    {
+        "id": "advanced",
+        "title": "Advanced",
+        "fields": ["train.do_differential_guidance", "train.differential_guidance_scale"],
+    },
+]
 
 
 JobId = Annotated[int, FastPath(ge=1, le=2**62, description="job id")]
@@ -97,8 +164,12 @@ def create_app(
         yield
         runner.shutdown()
 
-    app = FastAPI(title="zlora", version=__version__, lifespan=lifespan,
-                  description="Train Z-Image LoRAs: jobs, progress, samples.")  # fmt: skip
+    app = FastAPI(
+        title="zlora",
+        version=__version__,
+        lifespan=lifespan,
+        description="Train Z-Image LoRAs: jobs, progress, samples.",
+    )
     app.state.store, app.state.runner, app.state.data_dir = store, runner, data_dir
 
     # ------------------------------------------------------------------ auth and errors
@@ -162,9 +233,14 @@ def create_app(
     def schema() -> dict:
         """The config schema (field types, defaults, help from the docstrings), the panels, the arch presets, the
         built-in models' sampling settings (the Generate page fills them)."""
-        return {"schema": Config.model_json_schema(), "panels": PANELS, "arch_presets": ARCH_PRESETS,
-                "adapters": TURBO_ADAPTERS, "default_output_dir": str(data_dir / "output"),
-                "builtin_sampling": {m: sampling_defaults(m) for m in ("builtin:shapes", "builtin:tiny")}}  # fmt: skip
+        return {
+            "schema": Config.model_json_schema(),
+            "panels": PANELS,
+            "arch_presets": ARCH_PRESETS,
+            "adapters": TURBO_ADAPTERS,
+            "default_output_dir": str(data_dir / "output"),
+            "builtin_sampling": {m: sampling_defaults(m) for m in ("builtin:shapes", "builtin:tiny")},
+        }
 
     def _with_ui_defaults(data: dict) -> dict:
         data = json.loads(json.dumps(data))  # a private copy
@@ -177,9 +253,11 @@ def create_app(
     def resolve(body: ConfigBody) -> dict:
         """The config with every default and arch preset filled in, or the per-field problems."""
         cfg, problems = validate(_with_ui_defaults(body.config))
-        return {"config": cfg.model_dump(mode="json") if cfg else None,
-                "yaml": dump_config(cfg) if cfg else None,
-                "errors": [{"loc": loc, "msg": msg} for loc, msg in problems]}  # fmt: skip
+        return {
+            "config": cfg.model_dump(mode="json") if cfg else None,
+            "yaml": dump_config(cfg) if cfg else None,
+            "errors": [{"loc": loc, "msg": msg} for loc, msg in problems],
+        }
 
     @app.post("/api/config/parse")
     def parse_yaml(body: YamlBody) -> dict:
@@ -196,10 +274,19 @@ def create_app(
         steps = (yaml.safe_load(job.config_yaml) or {}).get("train", {}).get("steps", 0)
         run_dir = Path(job.run_dir)
         final = run_dir / f"{job.name}.safetensors"
-        return {"id": job.id, "name": job.name, "status": job.status, "error": job.error, "device": job.device,
-                "run_dir": job.run_dir, "lora_path": str(final) if final.is_file() else None,
-                "created": job.created, "started": job.started, "finished": job.finished,
-                **progress.progress(run_dir, steps)}  # fmt: skip
+        return {
+            "id": job.id,
+            "name": job.name,
+            "status": job.status,
+            "error": job.error,
+            "device": job.device,
+            "run_dir": job.run_dir,
+            "lora_path": str(final) if final.is_file() else None,
+            "created": job.created,
+            "started": job.started,
+            "finished": job.finished,
+            **progress.progress(run_dir, steps),
+        }
 
     @app.post("/api/jobs")
     def create_job(body: JobBody) -> dict:
@@ -214,10 +301,18 @@ def create_app(
         run_dir = str(Path(cfg.job.output_dir).expanduser().resolve() / cfg.job.name)
         clash = [j for j in store.all() if j.run_dir == run_dir]
         if clash:
-            raise HTTPException(409, f"job {clash[0].id} already trains into {run_dir}: choose another job.name, "
-                                     "or resume or duplicate that job")  # fmt: skip
-        job = store.add(cfg.job.name, dump_config(cfg), run_dir, cfg.job.device,
-                        status="queued" if body.start else "stopped")  # fmt: skip
+            raise HTTPException(
+                409,
+                f"job {clash[0].id} already trains into {run_dir}: choose another job.name, "
+                "or resume or duplicate that job",
+            )
+        job = store.add(
+            cfg.job.name,
+            dump_config(cfg),
+            run_dir,
+            cfg.job.device,
+            status="queued" if body.start else "stopped",
+        )
         runner.poke()
         return {"id": job.id}
 
@@ -247,8 +342,11 @@ def create_app(
         if job.status in (*ACTIVE, "queued"):
             raise HTTPException(409, f"job {job_id} is already {job.status}")
         if alive(job.pid) and job.pid not in {p.pid for p in runner.procs.values()}:
-            raise HTTPException(409, f"job {job_id}'s previous trainer (pid {job.pid}) is still writing its "
-                                     "checkpoint; try again in a moment")  # fmt: skip
+            raise HTTPException(
+                409,
+                f"job {job_id}'s previous trainer (pid {job.pid}) is still writing its "
+                "checkpoint; try again in a moment",
+            )
         store.update(job_id, status="queued", error=None)
         runner.poke()
         return _summary(_job(job_id))
@@ -271,8 +369,10 @@ def create_app(
         if job.status in ACTIVE:
             raise HTTPException(409, f"job {job_id} is {job.status}: stop it first")
         run_dir = Path(job.run_dir)
-        datasets = [Path(d["folder_path"]).expanduser().resolve()
-                    for d in (yaml.safe_load(job.config_yaml) or {}).get("datasets", [])]  # fmt: skip
+        datasets = [
+            Path(d["folder_path"]).expanduser().resolve()
+            for d in (yaml.safe_load(job.config_yaml) or {}).get("datasets", [])
+        ]
         if not keep_files and run_dir.is_dir():
             if any(d == run_dir or run_dir in d.parents or d in run_dir.parents for d in datasets):
                 raise HTTPException(
@@ -289,14 +389,18 @@ def create_app(
 
     @app.get("/api/jobs/{job_id}/samples")
     def job_samples(job_id: JobId) -> list[dict]:
-        return [{**s, "url": f"/api/jobs/{job_id}/file/{s['path']}"}
-                for s in progress.samples(Path(_job(job_id).run_dir))]  # fmt: skip
+        return [
+            {**s, "url": f"/api/jobs/{job_id}/file/{s['path']}"}
+            for s in progress.samples(Path(_job(job_id).run_dir))
+        ]
 
     @app.get("/api/jobs/{job_id}/files")
     def job_files(job_id: JobId) -> list[dict]:
         job = _job(job_id)
-        return [{**f, "url": f"/api/jobs/{job_id}/file/{f['path']}"}
-                for f in progress.lora_files(Path(job.run_dir), job.name)]  # fmt: skip
+        return [
+            {**f, "url": f"/api/jobs/{job_id}/file/{f['path']}"}
+            for f in progress.lora_files(Path(job.run_dir), job.name)
+        ]
 
     @app.get("/api/jobs/{job_id}/log")
     def job_log(job_id: JobId, tail: Annotated[int, Query(ge=1, le=5000)] = 200) -> dict:

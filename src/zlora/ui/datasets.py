@@ -22,8 +22,9 @@ DatasetName = Annotated[str, FastPath(pattern=NAME.pattern, description="dataset
 
 class DatasetBody(BaseModel):
     name: str = Field(description="letters, digits, '.', '_', '-', ' '; at most 100 characters")
-    path: str | None = Field(None, description="an existing folder to use in place (default: a new folder in the "
-                                               "data dir)")  # fmt: skip
+    path: str | None = Field(
+        None, description="an existing folder to use in place (default: a new folder in the data dir)"
+    )
 
 
 class CaptionBody(BaseModel):
@@ -152,9 +153,17 @@ def router(data_dir: Path, store, max_upload_mb: int) -> APIRouter:
         images = []
         for p in sorted(x for x in root.iterdir() if x.suffix.lower() in IMAGE_EXTS and x.is_file()):
             cap = p.with_suffix(".txt")
-            item = {"name": p.name, "caption": cap.read_text(encoding="utf-8", errors="replace").strip()
-                    if cap.is_file() else None, "width": None, "height": None, "buckets": {}, "problem": None,
-                    "url": f"/api/datasets/{name}/image/{p.name}"}  # fmt: skip
+            item = {
+                "name": p.name,
+                "caption": cap.read_text(encoding="utf-8", errors="replace").strip()
+                if cap.is_file()
+                else None,
+                "width": None,
+                "height": None,
+                "buckets": {},
+                "problem": None,
+                "url": f"/api/datasets/{name}/image/{p.name}",
+            }
             try:
                 w, h = image_size(p)
             except BAD_IMAGE as e:

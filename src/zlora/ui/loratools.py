@@ -99,12 +99,25 @@ def router(data_dir: Path, store) -> APIRouter:
 
         out = []
         if folder.is_dir():
-            out += [{"lora": f"file:{p.name}", "name": p.name, "source": "file", "url": f"/api/loras/file/{p.name}"}
-                    for p in sorted(folder.glob("*.safetensors"))]  # fmt: skip
+            out += [
+                {
+                    "lora": f"file:{p.name}",
+                    "name": p.name,
+                    "source": "file",
+                    "url": f"/api/loras/file/{p.name}",
+                }
+                for p in sorted(folder.glob("*.safetensors"))
+            ]
         for job in store.all():
             for f in progress.lora_files(Path(job.run_dir), job.name):
-                out.append({"lora": f"job:{job.id}:{f['path']}", "name": f"{job.name}: {f['name']}",
-                            "source": "job", "url": f"/api/jobs/{job.id}/file/{f['path']}"})  # fmt: skip
+                out.append(
+                    {
+                        "lora": f"job:{job.id}:{f['path']}",
+                        "name": f"{job.name}: {f['name']}",
+                        "source": "job",
+                        "url": f"/api/jobs/{job.id}/file/{f['path']}",
+                    }
+                )
         return out
 
     @api.post("/api/lora/upload")

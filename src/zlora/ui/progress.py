@@ -55,8 +55,14 @@ def progress(run_dir: Path, steps: int) -> dict:
     recent = [r["seconds"] for r in rows[-WINDOW:] if "seconds" in r]
     s_per_step = sum(recent) / len(recent) if recent else None
     eta = s_per_step * max(0, steps - last["step"]) if s_per_step is not None else None
-    return {"step": last["step"], "steps": steps, "loss": last.get("loss"), "lr": last.get("lr"),
-            "s_per_step": s_per_step, "eta_s": eta}  # fmt: skip
+    return {
+        "step": last["step"],
+        "steps": steps,
+        "loss": last.get("loss"),
+        "lr": last.get("lr"),
+        "s_per_step": s_per_step,
+        "eta_s": eta,
+    }
 
 
 def samples(run_dir: Path) -> list[dict]:
@@ -68,8 +74,14 @@ def samples(run_dir: Path) -> list[dict]:
     for p in folder.iterdir():
         m = _SAMPLE.match(p.name)
         if m:
-            out.append({"step": int(m.group(1)), "prompt_index": int(m.group(2)), "seed": int(m.group(3)),
-                        "path": f"samples/{p.name}"})  # fmt: skip
+            out.append(
+                {
+                    "step": int(m.group(1)),
+                    "prompt_index": int(m.group(2)),
+                    "seed": int(m.group(3)),
+                    "path": f"samples/{p.name}",
+                }
+            )
     return sorted(out, key=lambda s: (s["step"], s["prompt_index"], s["seed"]))
 
 
@@ -84,6 +96,11 @@ def lora_files(run_dir: Path, name: str) -> list[dict]:
         for d in sorted(ckpts.iterdir()):
             m = re.match(r"^step-(\d+)$", d.name)
             if m and (d / "lora.safetensors").is_file():
-                out.append({"name": f"{name}-{d.name}.safetensors", "path": f"checkpoints/{d.name}/lora.safetensors",
-                            "step": int(m.group(1))})  # fmt: skip
+                out.append(
+                    {
+                        "name": f"{name}-{d.name}.safetensors",
+                        "path": f"checkpoints/{d.name}/lora.safetensors",
+                        "step": int(m.group(1)),
+                    }
+                )
     return out

@@ -144,9 +144,12 @@ class Runner:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "zlora", "train", str(config)],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+            )
         finally:
             logf.close()
         self.procs[job.id] = proc

@@ -31,8 +31,10 @@ def serve(host: str, port: int, data_dir: Path | None, token: str | None, max_up
 
     token = token or os.environ.get("ZLORA_UI_TOKEN") or None
     if not _loopback(host) and not token:
-        raise UserError(f"--host {host} makes the UI reachable from other machines: set --token (or "
-                        "ZLORA_UI_TOKEN) so that every page and API call needs it")  # fmt: skip
+        raise UserError(
+            f"--host {host} makes the UI reachable from other machines: set --token (or "
+            "ZLORA_UI_TOKEN) so that every page and API call needs it"
+        )
     with socket.socket() as probe:
         try:
             probe.bind((host, port))

@@ -103,8 +103,10 @@ class JobStore:
         self._run("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def add_dataset(self, name: str, path: str, managed: bool) -> None:
-        self._run("INSERT INTO datasets (name, path, managed, created) VALUES (?, ?, ?, ?)",
-                  (name, path, int(managed), time.time()))  # fmt: skip
+        self._run(
+            "INSERT INTO datasets (name, path, managed, created) VALUES (?, ?, ?, ?)",
+            (name, path, int(managed), time.time()),
+        )
 
     def dataset(self, name: str) -> sqlite3.Row | None:
         rows = self._run("SELECT * FROM datasets WHERE name = ?", (name,))

@@ -90,15 +90,22 @@ class Tasks:
 
     def start(self, kind: str, args: dict, argv: list[str]) -> int:
         with self._lock:
-            task_id = self._db.execute("INSERT INTO tasks (kind, args, status, created) VALUES (?, ?, 'running', ?)",
-                                       (kind, json.dumps(args), time.time())).lastrowid  # fmt: skip
+            task_id = self._db.execute(
+                "INSERT INTO tasks (kind, args, status, created) VALUES (?, ?, 'running', ?)",
+                (kind, json.dumps(args), time.time()),
+            ).lastrowid
         path = self.log_path(task_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         argv = [a.replace("{id}", str(task_id)) for a in argv]
         with open(path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "zlora", *argv], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "zlora", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.procs[task_id] = proc
         self._q("UPDATE tasks SET pid = ? WHERE id = ?", (proc.pid, task_id))
         return task_id
@@ -109,8 +116,10 @@ class Tasks:
             del self.procs[task_id]
             code = proc.returncode
             message = None if code == 0 else last_errors(self.log_path(task_id)) or f"exit code {code}"
-            self._q("UPDATE tasks SET status = ?, exit_code = ?, message = ?, finished = ? WHERE id = ?",
-                    ("done" if code == 0 else "failed", code, message, time.time(), task_id))  # fmt: skip
+            self._q(
+                "UPDATE tasks SET status = ?, exit_code = ?, message = ?, finished = ? WHERE id = ?",
+                ("done" if code == 0 else "failed", code, message, time.time(), task_id),
+            )
         rows = self._q("SELECT * FROM tasks WHERE id = ?", (task_id,))
         if not rows:
             return None
@@ -150,8 +159,11 @@ def router(data_dir: Path, store) -> APIRouter:
     @api.get("/api/settings")
     def get_settings() -> dict:
         s = settings()
-        return {**s.model_dump(), "effective_endpoint": hub().endpoint or "https://huggingface.co",
-                "effective_models_dir": str(hub().models_dir)}  # fmt: skip
+        return {
+            **s.model_dump(),
+            "effective_endpoint": hub().endpoint or "https://huggingface.co",
+            "effective_models_dir": str(hub().models_dir),
+        }
 
     @api.put("/api/settings")
     def put_settings(body: Settings) -> dict:
@@ -216,10 +228,29 @@ def router(data_dir: Path, store) -> APIRouter:
         from zlora.ui.loratools import resolve_ref
 
         body = body.model_copy(update=fill_sampling(body.model, body.model_dump()))
-        argv = ["generate", "--model", body.model, "--prompt", body.prompt, "--negative", body.negative,
-                "--steps", str(body.steps), "--guidance", str(body.guidance), "--seed", str(body.seed),
-                "--width", str(body.width), "--height", str(body.height), "--device", body.device,
-                "-o", str(data_dir / "images" / "task-{id}.png")]  # fmt: skip
+        argv = [
+            "generate",
+            "--model",
+            body.model,
+            "--prompt",
+            body.prompt,
+            "--negative",
+            body.negative,
+            "--steps",
+            str(body.steps),
+            "--guidance",
+            str(body.guidance),
+            "--seed",
+            str(body.seed),
+            "--width",
+            str(body.width),
+            "--height",
+            str(body.height),
+            "--device",
+            body.device,
+            "-o",
+            str(data_dir / "images" / "task-{id}.png"),
+        ]
         for item in body.loras:
             argv += ["--lora", f"{resolve_ref(data_dir, store, item.lora)}:{item.weight}"]
         (data_dir / "images").mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,12 @@ def write_error(path: Path, e: OSError, hint: str = "") -> WriteError:
     """A user-facing message for an OSError while writing ``path``."""
     why = (e.strerror or str(e)).lower()
     if e.errno in DISK_FULL:
-        return WriteError(f"disk full while writing {path}; {hint + '; ' if hint else ''}free space and run the "
-                          "same command again", path, True)  # fmt: skip
+        return WriteError(
+            f"disk full while writing {path}; {hint + '; ' if hint else ''}free space and run the "
+            "same command again",
+            path,
+            True,
+        )
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return WriteError(f"cannot write {path}: {why}; choose a writable location", path, False)
     if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):

@@ -10,7 +10,11 @@ def quiet_torchao() -> None:
     """torchao, imported by peft and diffusers whenever it is installed, reports optional C++/Triton kernels built
     for other torch versions, torch notes its enum registration, and diffusers notes checkpoint types we never load;
     peft notes that a TorchaoLoraLinear cannot merge, and zlora never merges into the base."""
-    for name in ("torch.utils._pytree", "torchao", "torchao.kernel.intmm",
-                 "diffusers.quantizers.torchao.torchao_quantizer"):  # fmt: skip
+    for name in (
+        "torch.utils._pytree",
+        "torchao",
+        "torchao.kernel.intmm",
+        "diffusers.quantizers.torchao.torchao_quantizer",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without")

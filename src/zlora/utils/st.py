@@ -19,9 +19,20 @@ import torch
 from zlora.errors import UserError
 from zlora.utils.io import atomic_path
 
-DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-          torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}  # fmt: skip
+DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
 DTYPE_OF = {v: k for k, v in DTYPES.items()}
 
 
@@ -51,14 +62,16 @@ def write_streaming(
                 f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no bytes copy
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                 hint: str = "") -> None:  # fmt: skip
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, hint: str = ""
+) -> None:
     """``save_file`` with deterministic bytes: tensors ordered by (alignment, name) as safetensors does, so every
     tensor starts aligned to its element size, and metadata keys sorted."""
     keys = sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
     specs = [(k, tensors[k].dtype, list(tensors[k].shape)) for k in keys]
-    write_streaming(Path(path), specs, (tensors[k] for k in keys), {k: str(v) for k, v in (metadata or {}).items()},
-                    hint)  # fmt: skip
+    write_streaming(
+        Path(path), specs, (tensors[k] for k in keys), {k: str(v) for k, v in (metadata or {}).items()}, hint
+    )
 
 
 def open_error(path: Path, e: Exception) -> UserError:
