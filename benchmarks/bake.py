@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from zlora.lora.bake import bake
-from zlora.lora.formats import LoraModule
-from zlora.utils.st import write_streaming
+from zlora.lora.modules import LoraModule
+from zlora.utils.tensorfile import write_streaming
 
 DIM, FFN, RANK = 3840, 10240, 16
 

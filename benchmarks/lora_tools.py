@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from zlora.lora.formats import LoraModule, write_modules
+from zlora.lora.codecs import write_modules
+from zlora.lora.modules import LoraModule
 from zlora.lora.tools import convert_lora, inspect_lora, merge_loras
 
 DIM, FFN, RANK = 3840, 10240, 16

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lora_tools import random_lora  # noqa: E402
 from uiserver import UIServer, multipart  # noqa: E402
 
-from zlora.lora.formats import write_modules  # noqa: E402
+from zlora.lora.codecs import write_modules  # noqa: E402
 
 
 def timed(label: str, fn):

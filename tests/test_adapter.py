@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from zlora.errors import UserError
-from zlora.lora.format import read_lora
+from zlora.lora.file import read_lora
 from zlora.models import zimage
 from zlora.models.load import load_components, resolve_file_ref
-from zlora.train.network import ADAPTER
+from zlora.train.adapter import ADAPTER
 from zlora.train.trainer import Trainer, run_training
 
 
@@ -54,7 +54,7 @@ def _image(t: Trainer) -> np.ndarray:
 def test_adapter_is_active_in_training_frozen_and_never_saved(make_config, adapter_file):
     t = _trainer(make_config, adapter_file)
     adapter_before = {n: p.clone() for n, p in t.transformer.named_parameters() if f".{ADAPTER}." in n}
-    assert adapter_before and all(f".{ADAPTER}." not in n for n in t._lora_params())
+    assert adapter_before and all(f".{ADAPTER}." not in n for n in t.lora_params)
     t.train()
 
     x, sig, cap = (
@@ -63,9 +63,9 @@ def test_adapter_is_active_in_training_frozen_and_never_saved(make_config, adapt
         [t.data.embedding(t.data.entries[0].caption)],
     )
     with torch.no_grad():
-        t._use_adapter(training=True)
+        t.adapters.train()
         train_out = zimage.predict(t.transformer, x, sig, cap, t.dtype)[0]
-        t._use_adapter(training=False)
+        t.adapters.preview()
         preview_out = zimage.predict(t.transformer, x, sig, cap, t.dtype)[0]
     assert (train_out - preview_out).abs().max() > 1e-3, "the adapter must change training forwards"
     for n, p in t.transformer.named_parameters():
@@ -92,7 +92,7 @@ def test_previews_equal_base_plus_user_lora_without_the_adapter_exactly(
     assert t.transformer.get_submodule("layers.0.attention.to_k").weight.dtype == t.dtype
     t.train()
     t.transformer.eval()
-    t._use_adapter(training=False)
+    t.adapters.preview()
     with torch.no_grad():
         preview = _image(t)
         t.transformer.delete_adapters(ADAPTER)  # the adapter gone entirely: base + user LoRA

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from zlora.cli import main
-from zlora.lora.formats import LoraModule, write_modules
+from zlora.lora.codecs import write_modules
+from zlora.lora.modules import LoraModule
 
 TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0", "feed_forward.w1")
 
@@ -418,7 +419,7 @@ def test_malformed_hf_endpoint_from_the_environment(ws, capsys, monkeypatch):
 
 
 def test_allow_foreign_processes_a_foreign_lora_with_its_keys(ws, tmp_path, capsys):
-    from zlora.utils.st import read_tensors
+    from zlora.utils.tensorfile import read_tensors
 
     code, err = _run(
         [

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import ZLORA
-from zlora.cli import _parse_lora_arg
+from zlora.cli.common import parse_lora_arg as _parse_lora_arg
 from zlora.train.trainer import run_training
 
 

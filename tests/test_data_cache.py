@@ -182,7 +182,7 @@ def test_batch_size_4_over_mixed_aspect_ratios_trains_from_one_bucket_per_batch(
     t.setup()
     buckets = {e.bucket for e in t.data.entries}
     assert {(64, 32), (32, 64), (48, 48)} <= buckets
-    batches = [t.order.next_batch() for _ in range(len(t.order.plan(0)))]
+    batches = [t.state.order.next_batch() for _ in range(len(t.state.order.plan(0)))]
     assert all(len({t.data.entries[i].bucket for i in b}) == 1 for b in batches)
     assert max(len(b) for b in batches) == 4
     t.cleanup()

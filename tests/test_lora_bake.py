@@ -7,7 +7,8 @@ from safetensors.torch import load_file, save_file
 from conftest import ZLORA
 from zlora.errors import UserError
 from zlora.lora.bake import bake
-from zlora.lora.formats import LoraModule, write_modules
+from zlora.lora.codecs import write_modules
+from zlora.lora.modules import LoraModule
 
 
 def _random_lora(transformer, seed: int) -> dict[str, LoraModule]:

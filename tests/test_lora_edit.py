@@ -6,9 +6,10 @@ from safetensors.torch import save_file
 
 from conftest import ZLORA
 from zlora.errors import UserError
+from zlora.lora.codecs import read_modules, write_modules
 from zlora.lora.edit import Multipliers, merge, parse_input_multipliers, parse_layer_spec, reduce_rank, scale
-from zlora.lora.format import read_lora
-from zlora.lora.formats import LoraModule, read_modules, write_modules
+from zlora.lora.file import read_lora
+from zlora.lora.modules import LoraModule
 from zlora.lora.tools import merge_loras, scale_lora
 
 

@@ -7,9 +7,10 @@ from safetensors.torch import load_file
 from conftest import ZLORA
 from zlora.errors import UserError
 from zlora.lora.bake import bake
+from zlora.lora.codecs import read_modules
 from zlora.lora.extract import extract
-from zlora.lora.format import read_lora
-from zlora.lora.formats import LoraModule, read_modules
+from zlora.lora.file import read_lora
+from zlora.lora.modules import LoraModule
 
 
 def _low_rank_lora(seed: int) -> dict[str, LoraModule]:

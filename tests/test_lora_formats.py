@@ -6,9 +6,10 @@ from safetensors.torch import save_file
 
 from conftest import ZLORA
 from zlora.errors import UserError
-from zlora.lora.format import read_lora
-from zlora.lora.formats import LoraModule, detect_format, encode, read_modules, write_modules
-from zlora.lora.tools import convert_lora, delta_norm
+from zlora.lora.codecs import detect_format, encode, read_modules, write_modules
+from zlora.lora.file import read_lora
+from zlora.lora.modules import LoraModule
+from zlora.lora.tools import convert_lora
 from zlora.models.load import load_components
 
 TARGETS = (
@@ -88,7 +89,7 @@ def test_a_trained_fused_qkv_splits_into_the_same_deltas():
 
 def test_delta_norm_matches_the_dense_product(modules):
     m = next(iter(modules.values()))
-    assert delta_norm(m) == pytest.approx(torch.linalg.norm(m.delta()).item(), rel=1e-6)
+    assert m.delta_norm() == pytest.approx(torch.linalg.norm(m.delta()).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("fmt", ["zlora", "diffusers", "kohya"])

@@ -13,10 +13,12 @@ from safetensors.torch import load_file
 from conftest import ZLORA
 from zlora.config import parse_config
 from zlora.errors import UserError
+from zlora.lora.codecs import write_modules
 from zlora.models.load import load_components
-from zlora.train.network import add_user_lora, target_module_names
+from zlora.train.losses import Batch, guided_target, loss_weights, sample_loss
+from zlora.train.network import LoraNetwork, target_module_names
 from zlora.train.optim import make_optimizer, make_scheduler
-from zlora.train.timesteps import guided_target, loss_weights, sample_loss, sample_sigmas
+from zlora.train.timesteps import sample_sigmas
 from zlora.train.trainer import Trainer
 
 DATA = [{"folder_path": "x"}]
@@ -91,7 +93,7 @@ def test_network_presets_exclude_and_alpha_over_rank(tiny_dir):
     x = torch.randn(3, 64)
     deltas = {}
     for alpha in (4, 8):
-        add_user_lora(transformer, net(linear=4, linear_alpha=alpha), seed=0)
+        LoraNetwork(net(linear=4, linear_alpha=alpha)).add(transformer, seed=0)
         q = transformer.get_submodule("layers.0.attention.to_q")
         torch.manual_seed(1)
         q.lora_B["default"].weight.data.normal_(0, 0.05)
@@ -194,7 +196,7 @@ def _trainer(make_config, tmp_path, name="t", **train) -> Trainer:
 
 
 def _lora(t: Trainer) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in t._lora_params().items()}
+    return {n: p.detach().clone() for n, p in t.lora_params.items()}
 
 
 def test_differential_guidance_scale_1_is_plain_training(make_config, tmp_path):
@@ -223,11 +225,13 @@ def test_dop_term_is_zero_for_a_zero_lora_and_pulls_once_it_is_not(make_config, 
     x = [torch.randn(16, 4, 4) for _ in idx]
     sig = torch.tensor([0.3, 0.7])
     with torch.no_grad():
-        assert t._dop_loss(idx, x, sig).item() == 0.0  # B = 0 at init: LoRA-on equals LoRA-off exactly
+        assert (
+            t.objective.dop_loss(idx, x, sig).item() == 0.0
+        )  # B = 0 at init: LoRA-on equals LoRA-off exactly
         for n, p in t.transformer.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-        assert t._dop_loss(idx, x, sig).item() > 0
+        assert t.objective.dop_loss(idx, x, sig).item() > 0
     with pytest.raises(Exception, match="needs a trigger word"):
         make_config({"job": {"trigger_word": None}, "train": {"diff_output_preservation": True}})
 
@@ -266,16 +270,18 @@ def test_prior_reg_trains_towards_the_base_model_and_reg_captions_get_no_trigger
     sig = torch.tensor([0.4, 0.8])
     caps = [t.data.embedding(t.data.entries[i].caption) for i in reg]
     with torch.no_grad():
-        assert t._loss(reg, x0, noise, sig, caps).item() == 0.0  # LoRA B = 0: the prediction is the base's
+        assert (
+            t.loss(Batch(reg, x0, noise, sig, caps)).item() == 0.0
+        )  # LoRA B = 0: the prediction is the base's
         for n, p in t.transformer.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-        moved = t._loss(reg, x0, noise, sig, caps).item()
+        moved = t.loss(Batch(reg, x0, noise, sig, caps)).item()
         assert moved > 0
     # is_reg alone trains on the image, as any dataset does: its loss is not the distance to the base model
     plain = trainer("plain")
     with torch.no_grad():
-        assert plain._loss(reg, x0, noise, sig, caps).item() > 0
+        assert plain.loss(Batch(reg, x0, noise, sig, caps)).item() > 0
 
     # a run on nothing but prior_reg images has nothing to learn: the LoRA stays exactly where it started
     only = Trainer(
@@ -296,18 +302,21 @@ def test_prior_reg_trains_towards_the_base_model_and_reg_captions_get_no_trigger
 def test_ema_decay_0_equals_raw_weights_and_ema_is_what_is_saved(make_config, tmp_path):
     raw = _trainer(make_config, tmp_path, "raw", ema_config={"use_ema": True, "ema_decay": 0.0})
     raw.train()
-    assert all(torch.equal(shadow, p) for shadow, p in zip(raw.ema.shadow_params, raw.params, strict=True))
+    assert all(
+        torch.equal(shadow, p) for shadow, p in zip(raw.state.ema.shadow_params, raw.params, strict=True)
+    )
     slow = _trainer(make_config, tmp_path, "slow", ema_config={"use_ema": True, "ema_decay": 0.9})
     initial = _lora(slow)
     slow.train()
-    for shadow, p, p0 in zip(slow.ema.shadow_params, slow.params, initial.values(), strict=True):
+    for shadow, p, p0 in zip(slow.state.ema.shadow_params, slow.params, initial.values(), strict=True):
         if (p - p0).abs().max() > 1e-6:  # the EMA lags behind the trained weights
             assert (shadow - p).abs().max() > 1e-7 and (shadow - p0).abs().max() > 0
-    with slow._ema_weights():
-        expected = {k: v.clone() for k, v in slow._lora_state().items()}
+    with slow.ema_weights():
+        expected = write_modules(slow.network.export(slow.lora_params, torch.float32), "zlora")
     saved = load_file(slow.save())  # fp32 in tests: the EMA weights, bit for bit
+    assert expected.keys() == saved.keys()
     for k, v in expected.items():
-        assert torch.equal(saved["diffusion_model." + k.removeprefix("transformer.")], v), k
+        assert torch.equal(saved[k], v), k
     assert all(torch.equal(p, q) for p, q in zip(slow.params, _lora(slow).values(), strict=True))  # restored
 
 
@@ -332,7 +341,7 @@ def test_gradient_accumulation_2x1_matches_batch_2(make_config, tmp_path):
         t = Trainer(cfg)
         t.setup()
         seen = grads[name] = []
-        t.optimizer.step = lambda t=t, seen=seen: seen.append([p.grad.clone() for p in t.params])
+        t.state.optimizer.step = lambda t=t, seen=seen: seen.append([p.grad.clone() for p in t.params])
         losses = [t.step_once() for _ in range(2)]
         grads[name + "_loss"] = losses
     assert grads["batch_loss"] == pytest.approx(grads["accum_loss"], rel=1e-5)
@@ -366,11 +375,11 @@ def test_resume_restores_optimizer_scheduler_ema_and_data_position(make_config, 
     first.cleanup()
     second = Trainer(cfg)
     second.setup()
-    assert second.step == 3 and second.order.state_dict() == first.order.state_dict()
+    assert second.step == 3 and second.state.order.state_dict() == first.state.order.state_dict()
     second.train()
     for a, b in zip(_lora(whole).values(), _lora(second).values(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(whole.ema.shadow_params, second.ema.shadow_params, strict=True):
+    for a, b in zip(whole.state.ema.shadow_params, second.state.ema.shadow_params, strict=True):
         assert torch.equal(a, b)
 
 
@@ -405,21 +414,21 @@ def test_preview_settings_per_prompt_walk_seed_and_network_multiplier(make_confi
     t = Trainer(make_config({"job": {"name": "m0"}, **cfg}))
     t.setup()
     t.sample()
-    zero_weight = np.asarray(Image.open(t.run_dir / "samples" / "step-000000.png"))
+    zero_weight = np.asarray(Image.open(t.run.samples / "step-000000.png"))
     assert zero_weight.shape[1] == 48  # cells as wide as the widest prompt
     with torch.no_grad():
         for n, p in t.transformer.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     t.sample()  # multiplier 0: the perturbed LoRA must not show
-    assert np.array_equal(np.asarray(Image.open(t.run_dir / "samples" / "step-000000.png")), zero_weight)
+    assert np.array_equal(np.asarray(Image.open(t.run.samples / "step-000000.png")), zero_weight)
     t.cfg.sample.network_multiplier = 1.0
     t.sample()
-    assert not np.array_equal(np.asarray(Image.open(t.run_dir / "samples" / "step-000000.png")), zero_weight)
+    assert not np.array_equal(np.asarray(Image.open(t.run.samples / "step-000000.png")), zero_weight)
     t.cleanup()
     skipped = Trainer(make_config({"job": {"name": "skip"}, "train": {"steps": 1}, **cfg}))
     skipped.setup()
     skipped.train()
-    assert sorted(p.name for p in (skipped.run_dir / "samples").glob("step-*.png") if "_p" not in p.name) == [
+    assert sorted(p.name for p in skipped.run.samples.glob("step-*.png") if "_p" not in p.name) == [
         "step-000001.png"
     ]

@@ -79,8 +79,8 @@ def test_force_resume_applies_the_new_lr_and_is_recorded(make_config):
     trainer.setup()
     try:
         assert trainer.step == 2
-        assert [g["lr"] for g in trainer.optimizer.param_groups] == [5e-4]
-        assert trainer.optimizer.state, "the optimizer moments were kept"
+        assert [g["lr"] for g in trainer.state.optimizer.param_groups] == [5e-4]
+        assert trainer.state.optimizer.state, "the optimizer moments were kept"
         trainer.train()
     finally:
         trainer.cleanup()

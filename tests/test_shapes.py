@@ -247,6 +247,7 @@ def test_generate_defaults_for_builtin_shapes(tmp_path):
 
 
 def test_judge_rows_do_not_disturb_progress_or_the_loss_plot(tmp_path):
+    from zlora.runfolder import RunFolder
     from zlora.train.metrics import plot_loss
     from zlora.ui.progress import progress
 
@@ -256,7 +257,7 @@ def test_judge_rows_do_not_disturb_progress_or_the_loss_plot(tmp_path):
         {"step": 2, "judge": {"adherence": 1.0, "concept": 0.5, "drift": 0.0}},
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    p = progress(tmp_path, 10)
+    p = progress(RunFolder.at(tmp_path), 10)
     assert (p["step"], p["loss"], p["s_per_step"]) == (2, 0.4, 0.1)
     plot_loss(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 1000

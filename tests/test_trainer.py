@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from zlora.lora.format import read_lora
-from zlora.lora.formats import read_modules
+from zlora.lora.codecs import read_modules
+from zlora.lora.file import read_lora
 from zlora.models import zimage
 from zlora.models.load import load_components
 from zlora.train.trainer import Trainer, run_training

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from test_ui_browser import CHROMIUM, DRIVER, _set, _shot, _wait, browser  # noqa: F401 - the fixture
 from uiserver import UIServer
 
-from zlora.lora.formats import LoraModule, write_modules
+from zlora.lora.codecs import write_modules
+from zlora.lora.modules import LoraModule
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver"

@@ -13,7 +13,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from uiserver import UIServer, multipart
 
-from zlora.lora.formats import LoraModule, write_modules
+from zlora.lora.codecs import write_modules
+from zlora.lora.modules import LoraModule
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def run_bench(
     from zlora.models import zimage
     from zlora.models.quantize import weight_bytes
     from zlora.models.tiny import bench_model_path
-    from zlora.train.speed import peak_memory_gib
+    from zlora.train.metrics import peak_memory_gib
     from zlora.train.trainer import Trainer
 
     model = bench_model_path(size)
@@ -116,9 +116,9 @@ def run_bench(
             peak = peak_memory_gib(dev)
 
             # (b) the floor: same model, same shapes, a bare loop
-            idx = trainer.order.next_batch()
+            idx = trainer.state.order.next_batch()
             x0 = trainer.data.latents(idx, trainer.parts.vae)
-            caps = trainer.data.captions(idx, trainer.generator)
+            caps = trainer.data.captions(idx, trainer.state.host_generator)
             params = [p for p in trainer.transformer.parameters() if p.requires_grad]  # the model's own LoRA
             opt = torch.optim.AdamW(params, lr=1e-4)
             sig = torch.full((len(x0),), 0.5, device=dev)

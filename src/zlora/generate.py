@@ -39,8 +39,8 @@ def save_image(image: Image.Image, path: Path, fmt: str, settings: dict) -> None
 def check_lora_file(path: str) -> None:
     """A LoRA that diffusers would load as nothing (another model's keys: it only warns) or that would turn the
     image black (NaN/inf weights) is refused before the pipeline is built."""
-    from zlora.lora.format import read_lora
-    from zlora.lora.formats import detect_format
+    from zlora.lora.codecs import detect_format
+    from zlora.lora.file import read_lora
 
     try:
         tensors, _ = read_lora(path)

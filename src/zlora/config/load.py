@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from zlora.config.aitk import import_aitk, is_aitk
-from zlora.config.schema import Config
+from zlora.config.schema import NETWORK_TYPES, Config
 from zlora.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -60,15 +60,27 @@ def _loc_str(loc: tuple) -> str:
     return out
 
 
+def _without_tags(loc: tuple) -> tuple:
+    """pydantic puts the chosen type of a discriminated section into the location (``network.lora.linear``);
+    users write ``network.linear``."""
+    return tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] == "network" and p in NETWORK_TYPES))
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that owns the last element of ``loc`` (walking lists and nested sections)."""
+    """The pydantic model class that owns the last element of ``loc`` (walking lists and nested sections; the
+    network section by its type)."""
     model: Any = Config
-    for part in loc[:-1]:
+    for i, part in enumerate(loc[:-1]):
         if isinstance(part, int):
+            continue
+        if i and loc[i - 1] == "network" and part in NETWORK_TYPES:
+            model = NETWORK_TYPES[part]
             continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
             return None
         model = model.model_fields[part].annotation
+        if part == "network":
+            model = NETWORK_TYPES["lora"]  # the tag follows in loc when there is one
         while typing.get_origin(model) in (list, typing.Union, typing.Optional):
             args = [a for a in typing.get_args(model) if a is not type(None)]
             model = args[0] if args else None
@@ -76,8 +88,9 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 
 def _unknown_key_message(loc: tuple) -> str:
-    where, key = _loc_str(loc), str(loc[-1])
     model = _model_at(loc)
+    loc = _without_tags(loc)
+    where, key = _loc_str(loc), str(loc[-1])
     valid = list(model.model_fields) if model else []
     guess = SYNONYMS.get(key) if SYNONYMS.get(key) in valid else None
     if guess is None:
@@ -89,10 +102,20 @@ def _unknown_key_message(loc: tuple) -> str:
     return f"`{where}` is not a setting; valid keys here: {', '.join(valid)}"
 
 
+def _field_of(err: dict) -> str:
+    """The field a problem belongs to, as the user writes it (``network.type`` for an unknown network type)."""
+    loc = _without_tags(tuple(err["loc"])) + (("type",) if err["type"] == "union_tag_invalid" else ())
+    return _loc_str(loc)
+
+
 def _format_error(err: dict) -> str:
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
         return _unknown_key_message(loc)
+    loc = _without_tags(loc)
+    if err["type"] == "union_tag_invalid":  # an unknown network.type
+        tags = ", ".join(NETWORK_TYPES)
+        return f"`{_loc_str(loc)}.type`: {err['ctx']['tag']!r} is not a network type; choose one of: {tags}"
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:
         return msg
@@ -167,7 +190,7 @@ def validate(data: Any) -> tuple[Config | None, list[tuple[str, str]]]:
     try:
         return Config.model_validate(data), []
     except ValidationError as e:
-        return None, [(_loc_str(tuple(err["loc"])), _format_error(err)) for err in e.errors()]
+        return None, [(_field_of(err), _format_error(err)) for err in e.errors()]
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

@@ -3,25 +3,13 @@ the meaning is the same. Unknown keys are rejected (see ``load.py`` for the mess
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-DEFAULT_TARGET_MODULES = [
-    "attention.to_q",
-    "attention.to_k",
-    "attention.to_v",
-    "attention.to_out.0",
-    "feed_forward.w1",
-    "feed_forward.w2",
-    "feed_forward.w3",
-]
+from zlora.vocab import DEFAULT_PRESET, TARGET_PRESETS
 
-TARGET_PRESETS = {
-    "attn": DEFAULT_TARGET_MODULES[:4],
-    "attn_ff": DEFAULT_TARGET_MODULES,
-    "attn_ff_adaln": [*DEFAULT_TARGET_MODULES, "adaLN_modulation.0"],
-}
+DEFAULT_TARGET_MODULES = list(TARGET_PRESETS[DEFAULT_PRESET])
 # What ``model.arch`` fills in when the config leaves it unset.
 ARCH_PRESETS = {
     "zimage:turbo": {
@@ -115,6 +103,7 @@ class ModelConfig(Section):
     quantize_te: bool = False
     """Store the text encoder's weights quantized too (``qtype_te``); it only encodes captions."""
     qtype_te: Literal["float8", "qfloat8", "int8", "none"] = "float8"
+    """float8 or int8 weight-only for the text encoder (``quantize_te``)."""
 
     @field_validator("qtype", "qtype_te")
     @classmethod
@@ -122,31 +111,52 @@ class ModelConfig(Section):
         return "float8" if v == "qfloat8" else v
 
 
-class NetworkConfig(Section):
-    type: Literal["lora"] = "lora"
+class NetworkBase(Section):
+    """What every network type shares: the rank and alpha, and which modules it targets."""
+
+    type: str
     linear: int = Field(16, ge=1)
-    """LoRA rank."""
+    """Linear Rank (the LoRA rank r)."""
     linear_alpha: float = Field(16, gt=0)
-    """LoRA alpha; the update is scaled by alpha / rank."""
+    """Linear Alpha: the update is scaled by alpha / rank."""
     dropout: float = Field(0.0, ge=0, lt=1)
-    """Dropout on the LoRA path's input (peft ``lora_dropout``)."""
-    preset: Literal["attn", "attn_ff", "attn_ff_adaln"] = "attn_ff"
-    """Which modules get a LoRA when ``target_modules`` is not given: attention only; attention + feed-forward;
-    both + the adaLN modulation."""
+    """Dropout on the network path's input (peft ``lora_dropout``)."""
+    preset: Literal["attn", "attn_ff", "attn_ff_adaln"] = DEFAULT_PRESET
+    """Which modules get the network when ``target_modules`` is not given: attention only; attention +
+    feed-forward; both + the adaLN modulation."""
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    """Module names inside each block that get a LoRA (set explicitly, they win over ``preset``)."""
+    """Module names inside each block that get the network (set explicitly, they win over ``preset``)."""
     exclude: list[str] = Field(default_factory=list)
-    """Regular expressions on full module names (e.g. ``layers\\.(0|1)\\.``): matching modules get no LoRA."""
+    """Regular expressions on full module names (e.g. ``layers\\.(0|1)\\.``): matching modules get no network."""
     target_blocks: list[Literal["layers", "noise_refiner", "context_refiner"]] = Field(
         default_factory=lambda: ["layers"]
     )
     """Which block lists of the transformer are targeted."""
 
     @model_validator(mode="after")
-    def _preset(self) -> NetworkConfig:
+    def _preset(self) -> NetworkBase:
         if "target_modules" not in self.model_fields_set:
             object.__setattr__(self, "target_modules", list(TARGET_PRESETS[self.preset]))
         return self
+
+
+class LoraNetworkConfig(NetworkBase):
+    type: Literal["lora"] = "lora"
+    """Target Type: ``lora`` (delta = (alpha / rank) B A on each target Linear)."""
+
+
+# network.type -> its config class: the config of `network` is chosen by its `type` (default lora).
+NETWORK_TYPES = {"lora": LoraNetworkConfig}
+
+
+def _network_type(value) -> str:
+    return value.get("type", "lora") if isinstance(value, dict) else getattr(value, "type", "lora")
+
+
+NetworkConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in NETWORK_TYPES.items())],  # noqa: UP007
+    Discriminator(_network_type),
+]
 
 
 class SaveConfig(Section):
@@ -160,23 +170,30 @@ class SaveConfig(Section):
 
 class EmaConfig(Section):
     use_ema: bool = False
+    """Keep an exponential moving average of the trained weights (previews and saved files use it)."""
     ema_decay: float = Field(0.99, ge=0, le=1)
     """shadow <- decay * shadow + (1 - decay) * weights after each step (decay warms up as (1+n)/(10+n))."""
 
 
 class TrainConfig(Section):
     steps: int = Field(2000, ge=1)
+    """Optimizer steps to train (raise it and run again to train longer)."""
     batch_size: int = Field(1, ge=1)
+    """Samples per batch (per process in a multi-GPU launch); a batch comes from one aspect bucket."""
     lr: float = Field(1e-4, gt=0)
+    """Learning rate (Prodigy: 1.0)."""
     optimizer: Literal["adamw", "adamw8bit", "lion", "lion8bit", "prodigy", "adafactor"] = "adamw"
     """adamw (torch), adamw8bit / lion8bit (bitsandbytes, CUDA only), lion (lion-pytorch), prodigy (prodigyopt;
     use lr 1.0), adafactor (transformers)."""
     optimizer_params: dict[str, float | int | bool | list[float]] = Field(default_factory=dict)
     """Passed to the optimizer as keyword arguments (e.g. betas, eps, d_coef)."""
     weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay of the optimizer (AdamW's ``weight_decay``)."""
     lr_scheduler: Literal[
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "step"
     ] = "constant"
+    """How the learning rate moves over the run: constant, linear to 0, cosine to 0, cosine with restarts,
+    polynomial, or step-wise (``lr_scheduler_params``)."""
     lr_warmup_steps: int = Field(0, ge=0)
     """Linear warm-up steps (all schedulers except ``constant``)."""
     lr_scheduler_params: dict[str, float | int] = Field(default_factory=dict)
@@ -199,7 +216,9 @@ class TrainConfig(Section):
     min_timestep: int = Field(0, ge=0, le=1000)
     """Lowest timestep trained, on the scheduler's 0-1000 scale (sigma = t / 1000)."""
     max_timestep: int = Field(1000, ge=1, le=1000)
+    """Highest timestep trained, on the same 0-1000 scale (1000 is pure noise)."""
     loss_type: Literal["mse", "mae", "huber"] = "mse"
+    """Per-sample loss between prediction and target: mean squared error, mean absolute error, or huber."""
     huber_delta: float = Field(1.0, gt=0)
     """Where the huber loss turns from quadratic to linear."""
     ema_config: EmaConfig = Field(default_factory=lambda: EmaConfig())
@@ -209,13 +228,18 @@ class TrainConfig(Section):
     ``diff_output_preservation_class`` is pulled towards the base model's on it, so the LoRA changes only
     what the trigger word asks for. Needs a trigger word."""
     diff_output_preservation_class: str = "person"
+    """DOP's class word: it replaces the trigger word in the preservation caption."""
     diff_output_preservation_multiplier: float = Field(1.0, ge=0)
+    """Weight of the DOP term in the loss."""
     do_differential_guidance: bool = False
     """Differential Guidance: the target is pushed past the current prediction,
     target <- pred + scale (target - pred) with pred detached (scale 1 is plain training)."""
     differential_guidance_scale: float = Field(3.0, gt=0)
+    """How far past the current prediction Differential Guidance aims (1 is plain training)."""
     seed: int = 42
+    """Seed of the network's initialisation, the data order, timesteps, noise and caption dropout."""
     gradient_checkpointing: bool = True
+    """Recompute block activations in the backward pass: much less memory for about a third more compute."""
     lora_precision: Literal["auto", "fp32"] = "auto"
     """``auto``: with a bf16/fp16 base the LoRA computes in that dtype (no casts around every LoRA module) and the
     optimizer keeps fp32 master weights; ``fp32``: LoRA weights and compute in fp32 (peft's default)."""
@@ -285,23 +309,32 @@ class DatasetConfig(Section):
 
 
 class PromptConfig(Section):
+    """One preview prompt; each unset value comes from the ``sample`` section."""
+
     prompt: str
+    """The prompt text (``[trigger]`` is not replaced here: write the trigger word itself)."""
     width: int | None = Field(None, ge=16, multiple_of=16)
+    """Width of this prompt's previews (default ``sample.width``)."""
     height: int | None = Field(None, ge=16, multiple_of=16)
+    """Height of this prompt's previews (default ``sample.height``)."""
     seed: int | None = None
+    """Seed of this prompt's first column (default ``sample.seed``, plus the prompt's index with ``walk_seed``)."""
     neg: str | None = None
-    """Each unset value comes from the ``sample`` section."""
+    """Negative prompt of this prompt (default ``sample.neg``)."""
 
 
 class SampleConfig(Section):
     sample_every: int = Field(250, ge=1)
     """Steps between preview grids (a grid is also made at step 0 unless ``skip_first_sample``)."""
     skip_first_sample: bool = False
+    """No preview grid at step 0 (the base model)."""
     prompts: list[str | PromptConfig] = Field(default_factory=list)
     """Preview prompts, one grid row each: a string, or ``{prompt, width, height, seed, neg}``. Include prompts
     without the trigger word: they show whether the LoRA leaks into everything. Empty: no previews."""
     width: int = Field(1024, ge=16, multiple_of=16)
+    """Preview width in pixels (a multiple of 16)."""
     height: int = Field(1024, ge=16, multiple_of=16)
+    """Preview height in pixels (a multiple of 16)."""
     sample_steps: int = Field(9, ge=1)
     """Scheduler steps (Turbo: 9 = 8 transformer forwards); filled from ``model.arch`` when unset."""
     guidance_scale: float = Field(0.0, ge=0)
@@ -309,6 +342,7 @@ class SampleConfig(Section):
     neg: str = ""
     """Negative prompt (used when guidance_scale > 0)."""
     seed: int = 42
+    """Seed of the previews (the same seed at every step, so grids compare)."""
     walk_seed: bool = False
     """Prompt ``i`` starts at seed ``seed + i`` instead of every prompt starting at ``seed``."""
     samples_per_prompt: int = Field(1, ge=1)
@@ -345,13 +379,21 @@ class HubConfig(Section):
 
 class Config(Section):
     job: JobConfig = Field(default_factory=JobConfig)
+    """The run: its name, output folder, trigger word and device."""
     hub: HubConfig = Field(default_factory=HubConfig)
+    """Where models come from: models folder, endpoint (mirror), offline."""
     model: ModelConfig = Field(default_factory=ModelConfig)
-    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    """The base model, its training adapter, dtype and quantization."""
+    network: NetworkConfig = Field(default_factory=LoraNetworkConfig)
+    """What trains: the network type, its rank and alpha, and the modules it targets."""
     save: SaveConfig = Field(default_factory=SaveConfig)
+    """Checkpoints and the saved file's dtype."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """Steps, batch, optimizer, schedule, timesteps, loss and the preservation options."""
     datasets: list[DatasetConfig] = Field(default_factory=list)
+    """Folders of images with captions; each with its own resolutions, repeats, caching and flags."""
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    """Preview grids during training: prompts, size, steps, guidance, seeds."""
 
     @model_validator(mode="after")
     def _needs_data(self) -> Config:

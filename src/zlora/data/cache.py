@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from zlora.errors import UserError
-from zlora.utils.st import save_tensors
+from zlora.utils.tensorfile import save_tensors
 
 log = logging.getLogger(__name__)
 

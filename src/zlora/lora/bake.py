@@ -2,7 +2,7 @@
 
 Each base tensor is read from its memory-mapped safetensors file, the summed delta is added in fp32 (checked
 finite) and cast back, and the bytes go straight to the output file, so peak memory stays near one tensor even for
-the 12 GB transformer (``utils.st.write_streaming``: safetensors' own ``save_file`` needs every tensor in memory).
+the 12 GB transformer (``utils.tensorfile.write_streaming``: safetensors' own ``save_file`` needs every tensor in memory).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from zlora.errors import UserError
-from zlora.lora.formats import LoraModule
+from zlora.lora.modules import LoraModule
 from zlora.utils.io import make_dirs
-from zlora.utils.st import DTYPE_OF, open_safetensors, write_streaming
+from zlora.utils.tensorfile import DTYPE_OF, open_safetensors, write_streaming
 
 
 def transformer_files(folder: Path) -> list[Path]:

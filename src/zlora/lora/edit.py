@@ -13,19 +13,16 @@ from dataclasses import dataclass
 import torch
 
 from zlora.errors import UserError
-from zlora.lora.formats import LoraModule
+from zlora.lora.modules import LoraModule
+from zlora.vocab import MAIN_BLOCKS, SCALE_GROUPS, split_block
 
-_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
-COMPONENTS = {  # CLI option -> module suffixes inside a block
-    "adaln": ("adaLN_modulation.0",),
-    "qk": ("attention.to_q", "attention.to_k"),
-    "v": ("attention.to_v",),
-    "attn_out": ("attention.to_out.0",),
-    "ffn": ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3"),
-    "w1": ("feed_forward.w1",),
-    "w2": ("feed_forward.w2",),
-    "w3": ("feed_forward.w3",),
-}
+COMPONENTS = {option: modules for option, (modules, _) in SCALE_GROUPS.items()}  # option -> module suffixes
+
+
+def layer_of(name: str) -> int | None:
+    """The index of a main ``layers.N`` block a module lies in (None: a refiner or outside the blocks)."""
+    where = split_block(name)
+    return where[1] if where and where[0] == MAIN_BLOCKS else None
 
 
 def parse_layer_spec(spec: str | None) -> dict[int, float]:
@@ -71,15 +68,15 @@ class Multipliers:
         for comp, value in (self.components or {}).items():
             if name.endswith(COMPONENTS[comp]):
                 factor *= value
-        m = _LAYER.match(name)
-        if m and self.layers and int(m.group(1)) in self.layers:
-            factor *= self.layers[int(m.group(1))]
+        layer = layer_of(name)
+        if layer is not None and self.layers and layer in self.layers:
+            factor *= self.layers[layer]
         return factor
 
 
 def check_multipliers(modules: dict[str, LoraModule], mult: Multipliers, source: str) -> None:
     """A component or layer that the LoRA does not have would be silently ignored: name it instead."""
-    have = sorted({int(m.group(1)) for m in map(_LAYER.match, modules) if m})
+    have = sorted({n for n in map(layer_of, modules) if n is not None})
     missing = sorted(set(mult.layers or {}) - set(have))
     if missing:
         raise UserError(
@@ -98,11 +95,7 @@ def check_multipliers(modules: dict[str, LoraModule], mult: Multipliers, source:
 
 
 def scale(modules: dict[str, LoraModule], mult: Multipliers) -> dict[str, LoraModule]:
-    out = {}
-    for name, m in modules.items():
-        f = mult.for_module(name)
-        out[name] = m if f == 1.0 else LoraModule(m.A, (m.B.float() * f).to(m.B.dtype), m.alpha)
-    return out
+    return {name: m.scaled(mult.for_module(name)) for name, m in modules.items()}
 
 
 def merge(inputs: list[tuple[dict[str, LoraModule], float]]) -> dict[str, LoraModule]:
@@ -115,13 +108,9 @@ def merge(inputs: list[tuple[dict[str, LoraModule], float]]) -> dict[str, LoraMo
         if len(shapes) > 1:
             raise UserError(f"cannot merge {name}: shapes differ between inputs ({sorted(shapes)})")
         A = torch.cat([m.A.float() for m, _ in parts], dim=0)
-        B = torch.cat([m.B.float() * (w * _scale(m)) for m, w in parts], dim=1)
+        B = torch.cat([m.B.float() * (w * m.scale) for m, w in parts], dim=1)
         out[name] = LoraModule(A, B, float(A.shape[0]))
     return out
-
-
-def _scale(m: LoraModule) -> float:
-    return (m.alpha if m.alpha is not None else m.rank) / m.rank
 
 
 def reduce_rank(modules: dict[str, LoraModule], rank: int) -> tuple[dict[str, LoraModule], dict[str, float]]:
@@ -129,7 +118,7 @@ def reduce_rank(modules: dict[str, LoraModule], rank: int) -> tuple[dict[str, Lo
     squared singular values over the total) per module."""
     out, kept = {}, {}
     for name, m in modules.items():
-        B = m.B.double() * _scale(m)  # (out, k)
+        B = m.B.double() * m.scale  # (out, k)
         A = m.A.double()  # (k, in)
         qb, rb = torch.linalg.qr(B)  # B = qb rb
         qa, ra = torch.linalg.qr(A.T)  # A^T = qa ra

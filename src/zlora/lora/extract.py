@@ -8,20 +8,17 @@ one at a time from memory-mapped safetensors files.
 from __future__ import annotations
 
 import contextlib
-import re
 from pathlib import Path
 
 import torch
 
 from zlora.errors import UserError
 from zlora.lora.bake import transformer_files
-from zlora.lora.formats import LoraModule
-from zlora.utils.st import open_safetensors
+from zlora.lora.modules import LoraModule
+from zlora.utils.tensorfile import open_safetensors
+from zlora.vocab import BLOCK_LISTS, COMPONENTS, target_pattern
 
-_TARGET = re.compile(
-    r"^(layers|noise_refiner|context_refiner)\.\d+\."
-    r"(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.(w1|w2|w3)|adaLN_modulation\.0)\.weight$"
-)
+_TARGET = target_pattern(list(BLOCK_LISTS), list(COMPONENTS))  # every Linear a LoRA can target
 
 
 def weight_files(ref: str) -> list[Path]:
@@ -50,7 +47,7 @@ def extract(
         for p in weight_files(tuned):
             f = stack.enter_context(open_safetensors(p))
             tuned_h.update({k: f for k in f.keys()})
-        keys = sorted(k for k in base_h if _TARGET.match(k))
+        keys = sorted(k for k in base_h if k.endswith(".weight") and _TARGET.match(k.removesuffix(".weight")))
         missing = [k for k in keys if k not in tuned_h]
         if missing or not keys:
             raise UserError(

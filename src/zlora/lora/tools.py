@@ -7,55 +7,32 @@ another model is refused unless ``allow_foreign``."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 
 from zlora.errors import UserError
+from zlora.lora.codecs import DIFFUSERS_METADATA_KEY, detect_format, encode, read_modules
 from zlora.lora.edit import Multipliers, check_multipliers, merge, reduce_rank, scale
-from zlora.lora.format import read_lora
-from zlora.lora.formats import DIFFUSERS_METADATA_KEY, LoraModule, detect_format, encode, read_modules
+from zlora.lora.file import read_lora
+from zlora.lora.modules import LoraModule
 from zlora.utils.io import check_output
-from zlora.utils.st import save_tensors
-
-_BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
-COMPONENT_NAMES = {
-    "attention.to_q": "q",
-    "attention.to_k": "k",
-    "attention.to_v": "v",
-    "attention.to_out.0": "out",
-    "feed_forward.w1": "w1",
-    "feed_forward.w2": "w2",
-    "feed_forward.w3": "w3",
-    "adaLN_modulation.0": "adaLN",
-}
-
-
-def delta_norm(m: LoraModule) -> float:
-    """||(alpha/r) B A||_F via r x r Gram matrices: trace((B^T B)(A A^T)), no (out x in) product needed."""
-    a, b = m.A.double(), m.B.double()
-    scale = (m.alpha if m.alpha is not None else m.rank) / m.rank
-    return scale * float(torch.sum((b.T @ b) * (a @ a.T)).clamp_min(0).sqrt())
+from zlora.utils.tensorfile import save_tensors
+from zlora.vocab import COMPONENTS, block_order, split_block
 
 
 def delta_table(modules: dict[str, LoraModule]) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """{block: {component: delta norm}} in block order (refiners, then layers), and the modules outside it."""
+    """{block: {component label: delta norm}} in forward block order, and the modules outside it."""
     table: dict[str, dict[str, float]] = {}
     other = []
     for name, m in modules.items():
-        match = _BLOCK.match(name)
-        comp = COMPONENT_NAMES.get(match.group(3)) if match else None
-        if comp is None:
+        where = split_block(name)
+        label = COMPONENTS.get(where[2]) if where else None
+        if label is None:
             other.append(name)
             continue
-        table.setdefault(f"{match.group(1)}.{match.group(2)}", {})[comp] = delta_norm(m)
-
-    def order(key: str) -> tuple:
-        kind, idx = key.rsplit(".", 1)
-        return (["noise_refiner", "context_refiner", "layers"].index(kind), int(idx))
-
-    return {k: table[k] for k in sorted(table, key=order)}, sorted(other)
+        table.setdefault(f"{where[0]}.{where[1]}", {})[label] = m.delta_norm()
+    return {k: table[k] for k in sorted(table, key=block_order)}, sorted(other)
 
 
 def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
@@ -65,7 +42,7 @@ def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
     ranks = sorted({m.rank for m in modules.values()})
     alphas = sorted({m.alpha for m in modules.values() if m.alpha is not None})
     no_alpha = sum(m.alpha is None for m in modules.values())
-    scales = sorted({(m.alpha if m.alpha is not None else m.rank) / m.rank for m in modules.values()})
+    scales = sorted({m.scale for m in modules.values()})
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     lines = [
         f"file:     {path}",
@@ -91,7 +68,7 @@ def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
         lines.append(f"meta {k}: {v[:100]}")
 
     table, other = delta_table(modules)
-    comps = [c for c in COMPONENT_NAMES.values() if any(c in row for row in table.values())]
+    comps = [c for c in COMPONENTS.values() if any(c in row for row in table.values())]
     if table:
         lines.append("")
         lines.append("delta Frobenius norm per block x component")
@@ -126,7 +103,7 @@ def read_lora_modules(
 
 def write_lora(modules: dict[str, LoraModule], dst: str | Path, fmt: str, meta: dict[str, str]) -> None:
     """Write canonical modules in ``fmt`` (diffusers: scale folded into B, alpha in lora_adapter_metadata)."""
-    bad = [n for n, m in modules.items() if not (torch.isfinite(m.A).all() and torch.isfinite(m.B).all())]
+    bad = [n for n, m in modules.items() if not m.is_finite()]
     if bad:
         raise UserError(f"refusing to write NaN/inf weights (modules: {', '.join(bad[:3])})")
     out, extra = encode(modules, fmt)

@@ -6,15 +6,14 @@ peft and diffusers integrate with, which is why it is used here rather than a ha
 from __future__ import annotations
 
 import logging
-import re
 
 import torch
 
 from zlora.errors import UserError
 from zlora.utils.quiet import quiet_torchao
+from zlora.vocab import IN_BLOCK
 
 log = logging.getLogger(__name__)
-_BLOCKS = re.compile(r"^(layers|noise_refiner|context_refiner)\.")
 
 
 def quantize_weights(module: torch.nn.Module, qtype: str, what: str, blocks_only: bool = True) -> None:
@@ -31,7 +30,7 @@ def quantize_weights(module: torch.nn.Module, qtype: str, what: str, blocks_only
     before = weight_bytes(module)
 
     def pick(m: torch.nn.Module, fqn: str) -> bool:
-        return isinstance(m, torch.nn.Linear) and (not blocks_only or _BLOCKS.match(fqn) is not None)
+        return isinstance(m, torch.nn.Linear) and (not blocks_only or IN_BLOCK.match(fqn) is not None)
 
     quantize_(module, config, filter_fn=pick)
     log.info(

@@ -1,59 +1,70 @@
-"""Checkpoints: ``checkpoints/step-NNNNNN/`` with the user-facing ``lora.safetensors`` and ``state.pt`` (fp32 LoRA
-weights, optimizer, LR scheduler, RNG and data position). A folder is written under a temporary name and renamed
-when complete, so a killed process never leaves a checkpoint that looks complete."""
+"""Checkpoints: ``checkpoints/step-NNNNNN/`` with the user-facing ``lora.safetensors`` and ``state.pt`` (fp32
+network weights, optimizer, LR scheduler, EMA, RNG and data position). A folder is written under a temporary name
+and renamed when complete, so a killed process never leaves a checkpoint that looks complete. What a resume does
+with one is in ``resume.py``."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from zlora.runfolder import CHECKPOINT_LORA, STATE_FILE, RunFolder
 from zlora.utils.io import atomic_write_text, public_mode
 
 log = logging.getLogger(__name__)
 
-_STEP_DIR = re.compile(r"^step-(\d{6,})$")
-STATE_FILE = "state.pt"
 
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds besides the config: what the optimizer steps (by model parameter name), the
+    optimizer, LR schedule, data order, EMA and the generators every step draws from."""
 
-def step_dir_name(step: int) -> str:
-    return f"step-{step:06d}"
+    params: dict[str, torch.nn.Parameter]
+    sync: Callable[[], None]  # the model's low-precision copies from ``params`` (no-op without masters)
+    optimizer: object
+    lr_scheduler: object
+    order: object
+    ema: object | None
+    generator: torch.Generator
+    host_generator: torch.Generator
+    device: torch.device
 
-
-def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first."""
-    if not ckpt_root.is_dir():
-        return []
-    found = []
-    for p in ckpt_root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / STATE_FILE).is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(ckpt_root: Path) -> tuple[int, Path] | None:
-    found = list_checkpoints(ckpt_root)
-    return found[-1] if found else None
+    def snapshot(self, step: int, config: dict, world: int) -> dict:
+        state = {
+            "step": step,
+            "lora": {n: p.detach().cpu().clone() for n, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "order": self.order.state_dict(),
+            "rng": get_rng(self.generator, self.host_generator, self.device),
+            "network": config["network"],
+            "config": config,
+            "world_size": world,
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
 
 def save_checkpoint(
-    ckpt_root: Path, step: int, state: dict, write_lora: Callable[[Path], None], keep: int
+    run: RunFolder, step: int, state: dict, write_lora: Callable[[Path], None], keep: int
 ) -> Path:
     """Write ``state`` and the LoRA into a temp folder, fsync, rename to ``step-NNNNNN``, prune to ``keep``."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / step_dir_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=ckpt_root))
+    root = run.checkpoints
+    root.mkdir(parents=True, exist_ok=True)
+    final = run.checkpoint(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     public_mode(tmp, directory=True)  # mkdtemp makes 0700 folders
     try:
-        write_lora(tmp / "lora.safetensors")
+        write_lora(tmp / CHECKPOINT_LORA)
         torch.save(state, tmp / STATE_FILE)
         public_mode(tmp / STATE_FILE)
         for f in tmp.iterdir():
@@ -64,11 +75,16 @@ def save_checkpoint(
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for _, old in list_checkpoints(ckpt_root)[:-keep]:
+    for _, old in run.checkpoint_steps()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt_root.glob(".step-*.tmp"):  # leftovers of a killed save
+    for stale in root.glob(".step-*.tmp"):  # leftovers of a killed save
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def latest_checkpoint(run: RunFolder) -> tuple[int, Path] | None:
+    found = run.checkpoint_steps()
+    return found[-1] if found else None
 
 
 def lora_metadata(cfg, step: int) -> dict[str, object]:

@@ -1,10 +1,15 @@
-"""metrics.jsonl (one line per step) and loss.png."""
+"""metrics.jsonl (one line per step) and loss.png, and the peak-memory reading each step logs."""
 
 from __future__ import annotations
 
 import json
+import resource
+import sys
 from pathlib import Path
 
+import torch
+
+from zlora.runfolder import read_metrics
 from zlora.utils.io import atomic_write, atomic_write_text
 
 
@@ -13,12 +18,8 @@ class MetricsLog:
         self.path = path
         # A killed run may have logged steps after its last checkpoint; those steps are redone, so drop them.
         if path.is_file():
-            kept = [
-                ln
-                for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= resume_step
-            ]
-            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+            kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, **row) -> None:
@@ -29,10 +30,12 @@ class MetricsLog:
         self._fh.close()
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory so far: allocated device memory on CUDA, the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
 def plot_loss(metrics_path: Path, out_png: Path) -> None:

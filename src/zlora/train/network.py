@@ -1,27 +1,24 @@
-"""The LoRA being trained (a peft adapter on the transformer) and the Turbo training adapter beside it."""
+"""The network being trained, by ``network.type``: one class per type owns adding it to the transformer (through
+peft), listing the tensors that train, and exporting its state as the canonical modules the LoRA codecs write.
+A new type is one class here (plus its codec in ``lora/codecs.py``)."""
 
 from __future__ import annotations
 
-import logging
 import re
-from pathlib import Path
 
 import torch
 
 from zlora.config.schema import NetworkConfig
 from zlora.errors import UserError
-
-log = logging.getLogger(__name__)
-USER_LORA = "default"  # peft's name for the adapter add_adapter creates: the LoRA being trained
-ADAPTER = "assistant"  # the Turbo training adapter (model.assistant_lora_path)
+from zlora.lora.modules import LoraModule
+from zlora.train.adapter import USER, adapter_params
+from zlora.vocab import target_pattern
 
 
 def target_module_names(transformer: torch.nn.Module, net: NetworkConfig) -> list[str]:
-    """Full names of the Linear modules that get a LoRA: ``target_blocks`` x ``target_modules``, minus
+    """Full names of the Linear modules that get the network: ``target_blocks`` x ``target_modules``, minus
     ``exclude``."""
-    blocks = "|".join(net.target_blocks)
-    modules = "|".join(re.escape(m) for m in net.target_modules)
-    pattern = re.compile(rf"^({blocks})\.\d+\.({modules})$")
+    pattern = target_pattern(net.target_blocks, net.target_modules)
     try:
         exclude = [re.compile(x) for x in net.exclude]
     except re.error as e:
@@ -32,60 +29,57 @@ def target_module_names(transformer: torch.nn.Module, net: NetworkConfig) -> lis
         if pattern.match(n) and not any(x.search(n) for x in exclude)
     ]
     if not names:
-        raise UserError(
-            "`network.target_modules` / `target_blocks` / `exclude` leave no module to train; "
-            f"modules look like layers.0.{net.target_modules[0]}"
-        )
+        raise UserError("`network.target_modules` / `target_blocks` / `exclude` leave no module to train; "
+                        f"modules look like layers.0.{net.target_modules[0]}")  # fmt: skip
     return names
 
 
-def add_user_lora(transformer: torch.nn.Module, net: NetworkConfig, seed: int) -> None:
-    """peft LoRA (scale alpha / rank) on the target modules; its weights are fp32 whatever the base dtype."""
-    from peft import LoraConfig
+class LoraNetwork:
+    """peft LoRA: ``delta = (alpha / rank) B A`` on each target Linear."""
 
-    config = LoraConfig(
-        r=net.linear,
-        lora_alpha=net.linear_alpha,
-        lora_dropout=net.dropout,
-        init_lora_weights=True,
-        target_modules=target_module_names(transformer, net),
-    )
-    torch.manual_seed(seed)  # LoRA A init
-    transformer.add_adapter(config, adapter_name=USER_LORA)
-    for p in transformer.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
+    def __init__(self, cfg: NetworkConfig):
+        self.cfg = cfg
+
+    def add(self, transformer: torch.nn.Module, seed: int) -> None:
+        """The adapter on the target modules; its weights are fp32 whatever the base dtype."""
+        from peft import LoraConfig
+
+        net = self.cfg
+        config = LoraConfig(r=net.linear, lora_alpha=net.linear_alpha, lora_dropout=net.dropout,
+                            init_lora_weights=True, target_modules=target_module_names(transformer, net))  # fmt: skip
+        torch.manual_seed(seed)  # LoRA A init
+        transformer.add_adapter(config, adapter_name=USER)
+        for p in transformer.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    def trainable(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+        """The network's parameters by model name (``layers.0.attention.to_q.lora_A.default.weight``)."""
+        return adapter_params(transformer, USER)
+
+    def export(self, params: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, LoraModule]:
+        """{model parameter name: tensor} (the trainable set, or the same names from a checkpoint) -> canonical
+        modules on the CPU in ``dtype``."""
+        a_suffix, b_suffix = f".lora_A.{USER}.weight", f".lora_B.{USER}.weight"
+        out = {}
+        for name, value in params.items():
+            if name.endswith(a_suffix):
+                module = name.removesuffix(a_suffix)
+                B = params[module + b_suffix]
+                out[module] = LoraModule(_copy(value, dtype), _copy(B, dtype), float(self.cfg.linear_alpha))
+        return out
+
+    def describe(self) -> dict[str, str]:
+        """What the saved file's metadata says about the network."""
+        return {"rank": str(self.cfg.linear), "alpha": str(self.cfg.linear_alpha)}
 
 
-def load_training_adapter(transformer: torch.nn.Module, path: Path) -> None:
-    """The Turbo training adapter: a second, frozen LoRA that de-distils Turbo while training. It stays a
-    separate adapter (never merged), so switching it off for previews is exact and it is never saved."""
-    from diffusers import ZImagePipeline
-
-    try:  # diffusers' converter reads every Z-Image LoRA key format (ai-toolkit, kohya, diffusers, ...)
-        state = ZImagePipeline.lora_state_dict(str(path))
-        transformer.load_lora_adapter(state, adapter_name=ADAPTER, prefix="transformer")
-    except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise UserError(
-            f"`model.assistant_lora_path` {path}: not a Z-Image LoRA ({type(e).__name__}: {e})"
-        ) from None
-    # diffusers only warns when no key matches the model; a silently ignored adapter would ruin the run.
-    if ADAPTER not in getattr(transformer, "peft_config", {}):
-        raise UserError(
-            f"`model.assistant_lora_path` {path}: no key matches a Z-Image transformer module; "
-            "is it a LoRA for another model (SDXL, Flux, ...)?"
-        )
-    log.info("training adapter %s loaded (active in training, off for previews)", path)
+def _copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.detach().clone().to("cpu", dtype)
 
 
-def set_active(transformer: torch.nn.Module, adapter: bool, user_weight: float = 1.0) -> None:
-    """Activate the user LoRA at ``user_weight`` (0 = the base model, exactly) plus, if ``adapter``, the training
-    adapter. Only the user LoRA trains."""
-    names, weights = [USER_LORA], [user_weight]
-    if adapter:
-        names.append(ADAPTER)
-        weights.append(1.0)
-    transformer.set_adapters(names, weights)
-    for name, p in transformer.named_parameters():
-        if ".lora_" in name:  # peft's set_adapters marks every active adapter trainable: undo that
-            p.requires_grad_(f".{USER_LORA}." in name)
+NETWORKS = {"lora": LoraNetwork}
+
+
+def make_network(cfg: NetworkConfig) -> LoraNetwork:
+    return NETWORKS[cfg.type](cfg)

@@ -1,64 +1,80 @@
 """The trainer's previews: the model as it is at a step (EMA weights when EMA is on, the training adapter off, the
-user LoRA at ``sample.network_multiplier``) rendered to a grid, and on builtin:shapes the pixel judge's scores of
-it written to metrics.jsonl. Split from trainer.py, which calls :func:`sample` through ``Trainer.sample``."""
+network at ``sample.network_multiplier``) rendered to a grid, and on builtin:shapes the pixel judge's scores of it
+written to metrics.jsonl. It gets what it works with explicitly, never the trainer itself."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 
-from zlora.train import checkpoint
+from zlora.config import Config
+from zlora.runfolder import RunFolder, step_name
+from zlora.train.adapter import AdapterSwitch
 from zlora.train.sampling import render_previews
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def sample(trainer) -> None:
-    t = trainer
-    if not t.dist.main:
-        return
-    was_training = t.transformer.training
-    t.transformer.eval()
-    s, vae = t.cfg.sample, t.parts.vae
-    t._use_adapter(training=False, user_weight=s.network_multiplier)
-    vae_home = vae.device
-    vae.to(t.device)
-    prompts = s.prompt_list()
-    embeds = [t.data.embedding(p.prompt) for p in prompts]
-    negs = [t.data.embedding(p.neg) for p in prompts]
-    tag = checkpoint.step_dir_name(t.step)
-    with t._ema_weights():
-        path, cells = render_previews(t.pipe, prompts, embeds, negs, s, t.run_dir / "samples", tag)
-        if t.model_ref.reference == "builtin:shapes":
-            _judge(t, cells, prompts, embeds, negs)
-    log.info("preview grid: %s", path)
-    vae.to(vae_home)
-    t._use_adapter(training=True)
-    t.transformer.train(was_training)
+class Previews:
+    """``render(step)`` writes ``samples/step-NNNNNN.png`` (and the single images) for the model as it is.
 
+    - ``pipe``: a ZImagePipeline over the training transformer and VAE (prompts come as cached embeddings);
+    - ``data``: the training data (``embedding(text)``: the preview prompts were encoded with the captions);
+    - ``adapters``: the switch between training (network + adapter) and previews (network alone);
+    - ``ema_weights()``: a context in which the weights previews show are in the model;
+    - ``placement``: where the weights live (``sampling()`` brings them where sampling needs them);
+    - ``metrics``: where the judge's scores go (builtin:shapes runs only).
+    """
 
-def _judge(t, cells, prompts, embeds, negs) -> None:
-    """builtin:shapes: the pixel judge's scores of this preview into metrics.jsonl (adherence, the concept with the
-    trigger, drift without it versus the base model's previews)."""
-    from zlora.shapes.evaluate import PreviewJudge
+    def __init__(self, cfg: Config, pipe, data, adapters: AdapterSwitch,
+                 ema_weights: Callable[[], AbstractContextManager], placement, run: RunFolder, metrics,
+                 judged: bool):  # fmt: skip
+        self.cfg, self.pipe, self.data, self.adapters = cfg, pipe, data, adapters
+        self.ema_weights, self.placement, self.run, self.metrics = ema_weights, placement, run, metrics
+        self.judge = None
+        if judged:  # builtin:shapes: one judge per run (base_judge.json is read once)
+            from zlora.shapes.evaluate import PreviewJudge
 
-    s = t.cfg.sample
-    if getattr(t, "preview_judge", None) is None:  # one per run: base_judge.json is read once
-        t.preview_judge = PreviewJudge(t.run_dir / "samples", t.cfg.job.trigger_word)
+            self.judge = PreviewJudge(run.samples, cfg.job.trigger_word)
 
-    def base_previews():  # the same previews with the user LoRA off
-        t._use_adapter(training=False, user_weight=0.0)
-        base = render_previews(t.pipe, prompts, embeds, negs, s, None, "base")[1]
-        t._use_adapter(training=False, user_weight=s.network_multiplier)
-        return base
+    @torch.no_grad()
+    def render(self, step: int) -> None:
+        transformer, vae, s = self.pipe.transformer, self.pipe.vae, self.cfg.sample
+        was_training = transformer.training
+        transformer.eval()
+        self.adapters.preview(s.network_multiplier)
+        vae_home = vae.device
+        vae.to(self.placement.device)
+        prompts = s.prompt_list()
+        embeds = [self.data.embedding(p.prompt) for p in prompts]
+        negs = [self.data.embedding(p.neg) for p in prompts]
+        with self.ema_weights(), self.placement.sampling():
+            path, cells = render_previews(
+                self.pipe, prompts, embeds, negs, s, self.run.samples, step_name(step)
+            )
+            if self.judge is not None:
+                self._judge(step, cells, prompts, embeds, negs)
+        log.info("preview grid: %s", path)
+        vae.to(vae_home)
+        self.adapters.train()
+        transformer.train(was_training)
 
-    scores = t.preview_judge.preview_scores(t.step, cells, base_previews)
-    t.metrics.log(step=t.step, judge=scores)
-    log.info(
-        "judge: adherence %s, concept %s, drift %s",
-        scores["adherence"],
-        scores["concept"],
-        scores.get("drift"),
-    )
+    def _judge(self, step: int, cells, prompts, embeds, negs) -> None:
+        """The pixel judge's scores of this preview into metrics.jsonl (adherence, the concept with the trigger,
+        drift without it versus the base model's previews)."""
+        s = self.cfg.sample
+
+        def base_previews():  # the same previews with the network off
+            self.adapters.preview(0.0)
+            base = render_previews(self.pipe, prompts, embeds, negs, s, None, "base")[1]
+            self.adapters.preview(s.network_multiplier)
+            return base
+
+        scores = self.judge.preview_scores(step, cells, base_previews)
+        if self.metrics is not None:
+            self.metrics.log(step=step, judge=scores)
+        log.info("judge: adherence %s, concept %s, drift %s", scores["adherence"], scores["concept"],
+                 scores.get("drift"))  # fmt: skip

@@ -1,16 +1,29 @@
-"""What a resume may change. A checkpoint stores the resolved config it was trained with; the same command with
-other settings that alter training (LR, optimizer, data, model, ...) would otherwise train on with the old state
-while ``config.yaml`` claims the new settings, so such a change is an error that names each setting, unless
-``--force-resume`` asks for the new settings from the checkpoint on (recorded in run.json)."""
+"""All of resume: which checkpoint a run continues from, what may change since, and restoring its state.
+
+A checkpoint stores the resolved config it was trained with; the same command with other settings that alter
+training (LR, optimizer, data, model, ...) would otherwise train on with the old state while ``config.yaml`` claims
+the new settings, so such a change is an error that names each setting, unless ``--force-resume`` asks for the new
+settings from the checkpoint on (recorded in run.json). A resumed run is bit-identical to an uninterrupted one: the
+weights, optimizer moments, LR schedule, data position, EMA and every generator come back."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 from pathlib import Path
 
+import torch
+
+from zlora.config import Config
 from zlora.errors import UserError
+from zlora.runfolder import RunFolder
+from zlora.train import checkpoint
+from zlora.train.checkpoint import TrainState, fast_forward
+from zlora.train.ema import make_ema
 from zlora.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resume: how long to train, what to preview and save, how
 # (not what) to cache, where to run. Everything else changes what is trained.
@@ -74,7 +87,7 @@ def _show(v: object) -> str:
     return json.dumps(v) if isinstance(v, (list, dict, str)) or v is None else str(v)
 
 
-def check(old: dict, new: dict, checkpoint: Path, force: bool) -> dict[str, tuple[object, object]]:
+def check(old: dict, new: dict, path: Path, force: bool) -> dict[str, tuple[object, object]]:
     """The changed settings (``force`` applies them), or a UserError naming each and the ways out."""
     found = changes(old, new)
     if not found:
@@ -84,7 +97,7 @@ def check(old: dict, new: dict, checkpoint: Path, force: bool) -> dict[str, tupl
     if force and fixed:
         raise UserError(
             problems=[
-                f"{checkpoint}: --force-resume cannot change the LoRA's shape ({', '.join(fixed)}); restore those "
+                f"{path}: --force-resume cannot change the LoRA's shape ({', '.join(fixed)}); restore those "
                 "settings, or start a new run with another job.name",
                 *lines,
             ]
@@ -92,7 +105,7 @@ def check(old: dict, new: dict, checkpoint: Path, force: bool) -> dict[str, tupl
     if not force:
         raise UserError(
             problems=[
-                f"{checkpoint} was trained with other settings ({len(found)} changed):",
+                f"{path} was trained with other settings ({len(found)} changed):",
                 *lines,
                 "restore them; or start a new run (another job.name); or pass --force-resume to apply the new "
                 "settings from this checkpoint on",
@@ -104,14 +117,8 @@ def check(old: dict, new: dict, checkpoint: Path, force: bool) -> dict[str, tupl
 def restore_optimizer(optimizer, lr_scheduler, state: dict, step: int, forced: dict) -> None:
     """The checkpoint's optimizer and LR schedule; after a --force-resume, the new settings from this step on:
     moments kept unless the optimizer changed, hyperparameters and the schedule (rebuilt at ``step``) new."""
-    import logging
-
-    from zlora.train.checkpoint import fast_forward
-
     if any(k.startswith("train.optimizer") for k in forced):
-        logging.getLogger(__name__).warning(
-            "--force-resume: new optimizer settings, so its state starts fresh"
-        )
+        log.warning("--force-resume: new optimizer settings, so its state starts fresh")
     else:
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
@@ -124,15 +131,14 @@ def restore_optimizer(optimizer, lr_scheduler, state: dict, step: int, forced: d
         lr_scheduler.load_state_dict(state["lr_scheduler"])
 
 
-def keep_old_config(run_dir: Path, new_text: str, step: int) -> None:
+def keep_old_config(run: RunFolder, new_text: str, step: int) -> None:
     """``config.yaml`` describes the current run; the one it replaces (if different) stays as ``config.<step>.yaml``
     (the step at which it stopped applying)."""
-    current = run_dir / "config.yaml"
-    if current.is_file():
-        old = current.read_text(encoding="utf-8")
+    if run.config.is_file():
+        old = run.config.read_text(encoding="utf-8")
         if old != new_text:
-            atomic_write_text(run_dir / f"config.{step:06d}.yaml", old)
-    atomic_write_text(current, new_text)
+            atomic_write_text(run.old_config(step), old)
+    atomic_write_text(run.config, new_text)
 
 
 def record_forced(run_json: Path, step: int, found: dict[str, tuple[object, object]]) -> None:
@@ -142,3 +148,46 @@ def record_forced(run_json: Path, step: int, found: dict[str, tuple[object, obje
         {"step": step, "changes": {k: {"old": o, "new": n} for k, (o, n) in found.items()}}
     )
     atomic_write_text(run_json, json.dumps(info, indent=2) + "\n")
+
+
+def restore(run: RunFolder, cfg: Config, world: int, force: bool, state: TrainState) -> tuple[int, dict]:
+    """Continue from the newest complete checkpoint, if any: (its step, the settings --force-resume changed).
+    Fills ``state`` in place (``state.ema`` may be made anew by a forced resume that turns EMA on)."""
+    found = checkpoint.latest_checkpoint(run)
+    if found is None:
+        return 0, {}
+    step, path = found
+    saved = checkpoint.load_state(path)
+    new = cfg.model_dump(mode="json")
+    old = saved.get("config") or {**new, "network": saved["network"]}  # older checkpoints: network only
+    # What must match is the global batch: 2 processes x batch 1 resume 1 process x batch 2 and back.
+    old, new = effective(old, saved.get("world_size", 1)), effective(new, world)
+    forced = check(old, new, path, force)
+    missing = set(state.params) ^ set(saved["lora"])
+    if missing:
+        raise UserError(f"{path}: checkpoint LoRA does not match the model ({sorted(missing)[:3]} ...)")
+    with torch.no_grad():
+        for name, p in state.params.items():
+            p.copy_(saved["lora"][name])
+    state.sync()
+    changed = lambda *prefixes: any(k.startswith(prefixes) for k in forced)  # noqa: E731
+    restore_optimizer(state.optimizer, state.lr_scheduler, saved, step, forced)
+    if changed("datasets", "train.batch_size", "train.seed", "job.trigger_word"):
+        log.warning("--force-resume: the data changed, so the sample order starts a new epoch plan")
+    else:
+        state.order.load_state_dict(saved["order"])
+    if state.ema is not None:
+        if "ema" in saved:
+            state.ema.load_state_dict(saved["ema"])
+            state.ema.to(state.device)  # load_state_dict leaves the shadow weights on the CPU
+        elif forced:  # EMA turned on now: from the weights as they are
+            state.ema = make_ema(list(state.params.values()), cfg.train.ema_config.ema_decay)
+        else:
+            raise UserError(
+                f"{path} was trained without EMA; set train.ema_config.use_ema=false or start anew"
+            )
+    if not changed("train.seed"):
+        checkpoint.set_rng(saved["rng"], state.generator, state.host_generator, state.device)
+    note = f"; --force-resume applies {len(forced)} changed settings" if forced else ""
+    log.info("resumed from %s (step %d)%s", path, step, note)
+    return step, forced

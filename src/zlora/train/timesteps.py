@@ -1,10 +1,9 @@
-"""The training objective's knobs: how sigma (noise level in [0, 1]) is drawn, per-sample loss weights, the loss
-type, and Differential Guidance. Every curve here is named in the config docstrings."""
+"""How the noise level sigma in [0, 1] of each training sample is drawn (``train.timestep_type``, bias, range).
+Every curve here is named in the config docstrings; the loss side (weights, loss types) is in ``losses.py``."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from zlora.config.schema import TrainConfig
 
@@ -29,27 +28,3 @@ def sample_sigmas(cfg: TrainConfig, n: int, generator: torch.Generator, device: 
         s = s**2
     lo, hi = cfg.min_timestep / 1000, cfg.max_timestep / 1000
     return lo + (hi - lo) * s
-
-
-def loss_weights(cfg: TrainConfig, sigmas: torch.Tensor) -> torch.Tensor:
-    """Per-sample loss weights: 6 s (1 - s) for ``weighted`` (mean 1 over uniform s), else 1."""
-    if cfg.timestep_type == "weighted":
-        return 6 * sigmas * (1 - sigmas)
-    return torch.ones_like(sigmas)
-
-
-def sample_loss(pred: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Mean loss of one sample (fp32)."""
-    pred = pred.float()
-    if cfg.loss_type == "mae":
-        return F.l1_loss(pred, target)
-    if cfg.loss_type == "huber":
-        return F.huber_loss(pred, target, delta=cfg.huber_delta)
-    return F.mse_loss(pred, target)
-
-
-def guided_target(pred: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
-    """Differential Guidance: ``pred + scale (target - pred)`` with pred detached, so the step overshoots the
-    target by ``scale`` in the direction the model still has to go; scale 1 is the plain target."""
-    p = pred.detach().float()
-    return p + scale * (target - p)

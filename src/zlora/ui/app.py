@@ -272,8 +272,7 @@ def create_app(
 
     def _summary(job: Job) -> dict:
         steps = (yaml.safe_load(job.config_yaml) or {}).get("train", {}).get("steps", 0)
-        run_dir = Path(job.run_dir)
-        final = run_dir / f"{job.name}.safetensors"
+        final = job.run.final_lora
         return {
             "id": job.id,
             "name": job.name,
@@ -285,7 +284,7 @@ def create_app(
             "created": job.created,
             "started": job.started,
             "finished": job.finished,
-            **progress.progress(run_dir, steps),
+            **progress.progress(job.run, steps),
         }
 
     @app.post("/api/jobs")
@@ -385,22 +384,18 @@ def create_app(
 
     @app.get("/api/jobs/{job_id}/metrics")
     def job_metrics(job_id: JobId) -> list[dict]:
-        return progress.metrics_rows(Path(_job(job_id).run_dir))
+        return _job(job_id).run.read_metrics()
 
     @app.get("/api/jobs/{job_id}/samples")
     def job_samples(job_id: JobId) -> list[dict]:
         return [
-            {**s, "url": f"/api/jobs/{job_id}/file/{s['path']}"}
-            for s in progress.samples(Path(_job(job_id).run_dir))
+            {**s, "url": f"/api/jobs/{job_id}/file/{s['path']}"} for s in _job(job_id).run.sample_images()
         ]
 
     @app.get("/api/jobs/{job_id}/files")
     def job_files(job_id: JobId) -> list[dict]:
         job = _job(job_id)
-        return [
-            {**f, "url": f"/api/jobs/{job_id}/file/{f['path']}"}
-            for f in progress.lora_files(Path(job.run_dir), job.name)
-        ]
+        return [{**f, "url": f"/api/jobs/{job_id}/file/{f['path']}"} for f in job.run.lora_files()]
 
     @app.get("/api/jobs/{job_id}/log")
     def job_log(job_id: JobId, tail: Annotated[int, Query(ge=1, le=5000)] = 200) -> dict:

@@ -95,8 +95,6 @@ def router(data_dir: Path, store) -> APIRouter:
     @api.get("/api/loras")
     def list_loras() -> list[dict]:
         """Uploaded and produced files, and the final / checkpoint LoRAs of every job."""
-        from zlora.ui import progress
-
         out = []
         if folder.is_dir():
             out += [
@@ -109,7 +107,7 @@ def router(data_dir: Path, store) -> APIRouter:
                 for p in sorted(folder.glob("*.safetensors"))
             ]
         for job in store.all():
-            for f in progress.lora_files(Path(job.run_dir), job.name):
+            for f in job.run.lora_files():
                 out.append(
                     {
                         "lora": f"job:{job.id}:{f['path']}",
@@ -123,7 +121,7 @@ def router(data_dir: Path, store) -> APIRouter:
     @api.post("/api/lora/upload")
     async def upload(file: UploadFile) -> dict:
         """A .safetensors LoRA (its header must parse; pickles are never loaded)."""
-        from zlora.utils.st import read_tensors
+        from zlora.utils.tensorfile import read_tensors
 
         try:
             name = safe_name(file.filename or "")
@@ -197,7 +195,7 @@ def router(data_dir: Path, store) -> APIRouter:
 
     @api.post("/api/lora/convert")
     def convert(body: ConvertBody) -> dict:
-        from zlora.lora.formats import resolve_format
+        from zlora.lora.codecs import resolve_format
         from zlora.lora.tools import convert_lora
 
         src = resolve(body.lora)

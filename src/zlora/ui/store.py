@@ -10,6 +10,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from zlora.runfolder import RunFolder
+
 STATUSES = ("queued", "running", "stopping", "stopped", "interrupted", "done", "failed")
 ACTIVE = ("running", "stopping")
 
@@ -54,6 +56,10 @@ class Job:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def run(self) -> RunFolder:
+        return RunFolder.at(self.run_dir, self.name)
 
 
 class JobStore:

@@ -50,7 +50,16 @@ window.addEventListener("hashchange", route);
 let SCHEMA = null;
 async function schema() { return SCHEMA || (SCHEMA = await api("GET", "/api/schema")); }
 
-function deref(s, node) { while (node && node.$ref) node = s.$defs[node.$ref.split("/").pop()]; return node; }
+function deref(s, node) {
+  while (node && node.$ref) node = s.$defs[node.$ref.split("/").pop()];
+  if (node && node.oneOf) {   // a section chosen by its `type` (network): the fields of every type, `type` an enum
+    const variants = node.oneOf.map((v) => deref(s, v)), properties = {};
+    for (const v of variants) Object.assign(properties, v.properties);
+    properties.type = {...properties.type, enum: variants.map((v) => v.properties.type.const ?? v.properties.type.default)};
+    node = {type: "object", properties, description: node.description};
+  }
+  return node;
+}
 function nonNull(node) {
   if (node && node.anyOf) {
     const rest = node.anyOf.filter((x) => x.type !== "null"), {anyOf, ...plain} = node;

@@ -1,17 +1,18 @@
-"""``zlora shapes``: judge the pretrained demo model (builtin:shapes) and LoRAs trained on it."""
+"""``zlora shapes eval | report``: judge the pretrained demo model (builtin:shapes) and LoRAs trained on it."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from zlora.cli.common import add, parse_lora_arg, subcommands
 from zlora.errors import UserError
+from zlora.runfolder import RunFolder
 
 
-def register(sub, add) -> None:
-    shapes = add(sub, "shapes", "score builtin:shapes images with the pixel judge").add_subparsers(
-        dest="shapes_command", required=True, metavar="SUBCOMMAND"
+def register(sub) -> None:
+    shapes = subcommands(
+        add(sub, "shapes", "score builtin:shapes images with the pixel judge"), "shapes_command"
     )
     p = add(shapes, "eval", "prompt adherence of the base model; with --lora: concept and drift", cmd_eval)
     p.add_argument("--model", default="builtin:shapes", help="the model to sample (default builtin:shapes)")
@@ -31,7 +32,6 @@ def register(sub, add) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from zlora.cli_lora import _parse_lora_arg
     from zlora.config.schema import fill_sampling
     from zlora.generate import load_pipeline
     from zlora.models.load import resolve_device
@@ -44,7 +44,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     how = fill_sampling("builtin:shapes", vars(args))  # the world's settings, whichever --model
     steps, guidance = how["steps"], how["guidance"]
     dev = resolve_device(args.device)
-    loras = [_parse_lora_arg(args.lora)] if args.lora else []
+    loras = [parse_lora_arg(args.lora)] if args.lora else []
     pipe = load_pipeline(args.model, loras, dev, torch.float32)
     seeds = list(range(args.seeds))
     plain = [p for p in eval_prompts(args.prompts) for _ in seeds]
@@ -113,12 +113,11 @@ def _grid(sets: dict, per_row: int):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from zlora.train.metrics import read_metrics
-
-    path = Path(args.run_dir) / "metrics.jsonl"
+    run = RunFolder.at(args.run_dir)
+    path = run.metrics
     if not path.is_file():
         raise UserError(f"{path} not found; give the run folder of a training run (output/<job.name>)")
-    rows = [r for r in read_metrics(path) if "judge" in r]
+    rows = [r for r in run.read_metrics() if "judge" in r]
     if not rows:
         raise UserError(f"{path} has no judge scores: they are written at previews of runs on builtin:shapes")
     print(f"{'step':>6}  {'adherence':>9}  {'concept':>7}  {'drift':>5}")

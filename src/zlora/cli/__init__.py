@@ -1,0 +1,53 @@
+"""The ``zlora`` command: one parser made from one module per command group (``register`` adds its subcommands,
+each with its ``cmd_*`` function). User mistakes print one line each and exit 2; tracebacks are for our bugs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from zlora import __version__
+from zlora.cli import generate, lora, models, shapes, train, ui
+from zlora.cli.common import COMMON
+from zlora.errors import UserError
+
+log = logging.getLogger("zlora")
+GROUPS = (train, generate, models, lora, shapes, ui)  # in `zlora --help` order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zlora", description="Train and manage Z-Image LoRAs.", parents=[COMMON], allow_abbrev=False
+    )
+    parser.add_argument("--version", action="version", version=f"zlora {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        quiet = (
+            os.environ.get("RANK", "0") != "0"
+        )  # the other processes of a distributed launch: problems only
+        level = (
+            logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING if quiet else logging.INFO
+        )
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        for noisy in ("httpx", "httpcore", "urllib3", "filelock", "PIL", "matplotlib"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        from zlora.utils.quiet import quiet_torchao  # before any library imports torchao
+
+        quiet_torchao()
+        return args.func(args)
+    except UserError as e:
+        for line in e.problems:
+            print(f"zlora: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zlora: aborted", file=sys.stderr)
+        return 130
