@@ -44,7 +44,12 @@ def dataset_dir(tmp_path_factory) -> Path:
 
 
 BASE_CONFIG = {
-    "job": {"name": "t", "output_dir": "OUT", "trigger_word": "zlr"},
+    "job": {
+        "name": "t",
+        "output_dir": "OUT",
+        "trigger_word": "zlr",
+        "device": "cpu",
+    },  # exact CPU numbers, also on CUDA
     "model": {"name_or_path": "builtin:tiny", "dtype": "fp32"},
     "network": {"linear": 4, "linear_alpha": 4},
     "save": {"dtype": "fp32", "save_every": 1000, "max_step_saves_to_keep": 2},

@@ -90,6 +90,7 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
         }
         save_file(write_modules(modules, "zlora"), str(lora))
         d.get(server.url + "/#/loras")
+        _wait(lambda: d.find_element(By.ID, "lora-upload"), 10, "the LoRA tools page")
         d.find_element(By.ID, "lora-upload").send_keys(str(lora))
         _wait(
             lambda: "mine.safetensors" in d.find_element(By.ID, "lora-pick").text,
@@ -105,7 +106,7 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
         _wait(
             lambda: len(d.find_elements(By.CSS_SELECTOR, "#lora-result .result")) == 1, 20, "the scaled file"
         )
-        d.find_element(By.CSS_SELECTOR, "#lora-to option[value=comfy]").click()
+        d.find_element(By.CSS_SELECTOR, "#lora-to option[value=comfy-fused]").click()
         d.find_element(By.ID, "lora-convert").click()
         _wait(
             lambda: "zlora -> comfy-fused" in d.find_element(By.ID, "lora-result").text,

@@ -51,6 +51,9 @@ SCALE_GROUPS = {
     "w3": (("feed_forward.w3",), "w3"),
 }
 
+# The five sliders of the community re-weighting script (the web UI's Scale panel); w1/w2/w3 refine `ffn`.
+SLIDER_GROUPS = ("adaln", "qk", "v", "attn_out", "ffn")
+
 _LISTS = "|".join(BLOCK_LISTS)
 # ``layers.12.attention.to_q`` -> (block list, index, module inside the block)
 BLOCK_MODULE = re.compile(rf"^({_LISTS})\.(\d+)\.(.+)$")
@@ -58,6 +61,17 @@ BLOCK_MODULE = re.compile(rf"^({_LISTS})\.(\d+)\.(.+)$")
 ZIMAGE_MODULE = re.compile(rf"^({_LISTS})[._]\d+[._]|^({'|'.join(OTHER_ROOTS)})([._]|$)")
 # Any module inside a repeated block (quantization and placement act on these).
 IN_BLOCK = re.compile(rf"^({_LISTS})\.")
+
+
+def as_json() -> dict:
+    """The vocabulary the web UI shows (through ``/api/schema``): it hardcodes none of these names."""
+    return {
+        "block_lists": list(BLOCK_LISTS),
+        "components": COMPONENTS,
+        "presets": {k: list(v) for k, v in TARGET_PRESETS.items()},
+        "scale_groups": {k: {"modules": list(m), "help": h} for k, (m, h) in SCALE_GROUPS.items()},
+        "sliders": list(SLIDER_GROUPS),
+    }
 
 
 def split_block(name: str) -> tuple[str, int, str] | None:

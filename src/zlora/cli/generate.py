@@ -44,7 +44,7 @@ def register(sub) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from zlora.config.schema import fill_sampling
+    from zlora.config.presets import fill_sampling
     from zlora.generate import generate_image, image_format, save_image
     from zlora.utils.io import atomic_write, check_output
 

@@ -32,7 +32,7 @@ def register(sub) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from zlora.config.schema import fill_sampling
+    from zlora.config.presets import fill_sampling
     from zlora.generate import load_pipeline
     from zlora.models.load import resolve_device
     from zlora.shapes.evaluate import judge_images, sample_batch, summarise

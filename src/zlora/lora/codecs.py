@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from zlora.errors import UserError
 from zlora.lora.modules import LoraModule
+from zlora.lora.qkv import fuse, unfuse
 from zlora.vocab import ZIMAGE_MODULE
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI's parser and the web UI read this table
@@ -284,8 +285,10 @@ def detect_format(keys: list[str], allow_foreign: bool = False) -> str:
             a for pattern, a in _FOREIGN if sum(bool(pattern.search(k)) for k in foreign) > len(foreign) // 2
         ]
         arch = votes[0] if votes else "another model"
-        raise UserError(f"this is a LoRA for {arch}, not Z-Image ({len(foreign)} of {len(lora_keys)} modules, "
-                        f"e.g. {foreign[0]}); pass --allow-foreign to process it anyway")  # fmt: skip
+        raise UserError(
+            f"this is a LoRA for {arch}, not Z-Image ({len(foreign)} of {len(lora_keys)} modules, "
+            f"e.g. {foreign[0]}); pass --allow-foreign to process it anyway"
+        )
     for name in _DETECT_ORDER:
         if CODECS[name].detect(keys):
             return name
@@ -313,11 +316,15 @@ def _module(name: str, p: dict[str, torch.Tensor], alpha_of) -> LoraModule:
     if "A" not in p or "B" not in p:
         raise UserError(f"module {name} has {'no lora_A/down' if 'A' not in p else 'no lora_B/up'} weight")
     if p["A"].ndim != 2 or p["B"].ndim != 2:
-        raise UserError(f"module {name}: LoRA weights must be 2-D matrices (got {list(p['A'].shape)} and "
-                        f"{list(p['B'].shape)}; convolution LoRAs are not supported)")  # fmt: skip
+        raise UserError(
+            f"module {name}: LoRA weights must be 2-D matrices (got {list(p['A'].shape)} and "
+            f"{list(p['B'].shape)}; convolution LoRAs are not supported)"
+        )
     if p["A"].shape[0] != p["B"].shape[1]:
-        raise UserError(f"module {name}: lora_A/down has rank {p['A'].shape[0]} but lora_B/up has rank "
-                        f"{p['B'].shape[1]}; the file is damaged")  # fmt: skip
+        raise UserError(
+            f"module {name}: lora_A/down has rank {p['A'].shape[0]} but lora_B/up has rank "
+            f"{p['B'].shape[1]}; the file is damaged"
+        )
     alpha = float(p["alpha"]) if "alpha" in p else alpha_of(name)
     return LoraModule(p["A"], p["B"], alpha)
 
@@ -354,60 +361,3 @@ def diffusers_metadata(modules: dict[str, LoraModule]) -> dict[str, str]:
     }
     # Pipeline-level files key the config by component: diffusers keeps the `transformer.` entries.
     return {DIFFUSERS_METADATA_KEY: json.dumps({f"transformer.{k}": v for k, v in cfg.items()})}
-
-
-def fuse(modules: dict[str, LoraModule]) -> dict[str, LoraModule]:
-    """q/k/v -> one ``attention.qkv`` module: A stacked (3r, in), B block-diagonal (3 out, 3r). Exact when the three
-    share rank and alpha (then fused alpha = 3 alpha keeps alpha/rank); otherwise the scales are folded into B.
-    A member without a LoRA takes a zero one (zero delta), since ComfyUI has only the fused weight to patch."""
-    import torch
-
-    out: dict[str, LoraModule] = {}
-    for name, m in modules.items():
-        if name.endswith(".attention.to_out.0"):
-            out[name.removesuffix("to_out.0") + "out"] = m
-        elif not name.endswith((".attention.to_q", ".attention.to_k", ".attention.to_v")):
-            out[name] = m
-    qkv = [n for n in modules if n.endswith((".to_q", ".to_k", ".to_v")) and ".attention." in n]
-    for stem in sorted({n.rsplit(".", 1)[0] + "." for n in qkv}):
-        trio = [modules.get(stem + s) for s in ("to_q", "to_k", "to_v")]
-        some = next(t for t in trio if t is not None)
-        zero = LoraModule(torch.zeros_like(some.A), torch.zeros_like(some.B), some.alpha)
-        trio = [t if t is not None else zero for t in trio]
-        same = len({(t.rank, t.alpha) for t in trio}) == 1
-        Bs = [t.B if same else t.B * t.scale for t in trio]
-        A = torch.cat([t.A for t in trio], dim=0)
-        B = torch.block_diag(*Bs)
-        alpha = (3 * trio[0].alpha if trio[0].alpha is not None else None) if same else float(A.shape[0])
-        out[stem + "qkv"] = LoraModule(A, B, alpha)
-    return out
-
-
-def unfuse(modules: dict[str, LoraModule]) -> dict[str, LoraModule]:
-    import torch
-
-    out: dict[str, LoraModule] = {}
-    for name, m in modules.items():
-        if name.endswith(".attention.out"):
-            out[name.removesuffix("out") + "to_out.0"] = m
-        elif name.endswith(".attention.qkv"):
-            stem = name.removesuffix("qkv")
-            out_dim, rank = m.B.shape[0] // 3, m.rank
-            r = rank // 3
-            blocks = [m.B[i * out_dim : (i + 1) * out_dim] for i in range(3)]
-            diagonal = rank % 3 == 0 and all(
-                torch.count_nonzero(blocks[i][:, : j * r]) == 0
-                and torch.count_nonzero(blocks[i][:, (j + 1) * r :]) == 0
-                for i, j in ((0, 0), (1, 1), (2, 2))
-            )
-            for i, comp in enumerate(("to_q", "to_k", "to_v")):
-                if diagonal:  # a fused copy of three separate LoRAs: split exactly, rank r each
-                    alpha = m.alpha / 3 if m.alpha is not None else None
-                    out[stem + comp] = LoraModule(
-                        m.A[i * r : (i + 1) * r], blocks[i][:, i * r : (i + 1) * r], alpha
-                    )
-                else:  # trained fused: each part keeps the full A (rank 3r); same delta, more parameters
-                    out[stem + comp] = LoraModule(m.A, blocks[i], m.alpha)
-        else:
-            out[name] = m
-    return out

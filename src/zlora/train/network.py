@@ -29,8 +29,10 @@ def target_module_names(transformer: torch.nn.Module, net: NetworkConfig) -> lis
         if pattern.match(n) and not any(x.search(n) for x in exclude)
     ]
     if not names:
-        raise UserError("`network.target_modules` / `target_blocks` / `exclude` leave no module to train; "
-                        f"modules look like layers.0.{net.target_modules[0]}")  # fmt: skip
+        raise UserError(
+            "`network.target_modules` / `target_blocks` / `exclude` leave no module to train; "
+            f"modules look like layers.0.{net.target_modules[0]}"
+        )
     return names
 
 
@@ -45,8 +47,13 @@ class LoraNetwork:
         from peft import LoraConfig
 
         net = self.cfg
-        config = LoraConfig(r=net.linear, lora_alpha=net.linear_alpha, lora_dropout=net.dropout,
-                            init_lora_weights=True, target_modules=target_module_names(transformer, net))  # fmt: skip
+        config = LoraConfig(
+            r=net.linear,
+            lora_alpha=net.linear_alpha,
+            lora_dropout=net.dropout,
+            init_lora_weights=True,
+            target_modules=target_module_names(transformer, net),
+        )
         torch.manual_seed(seed)  # LoRA A init
         transformer.add_adapter(config, adapter_name=USER)
         for p in transformer.parameters():

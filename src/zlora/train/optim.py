@@ -43,15 +43,23 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
         raise UserError(f"`train.optimizer_params` for {cfg.optimizer}: {e}") from None
 
 
+# train.lr_scheduler -> the lr_scheduler_params it takes
+SCHEDULERS = {
+    "constant": set(),
+    "constant_with_warmup": set(),
+    "linear": set(),
+    "cosine": set(),
+    "cosine_with_restarts": {"num_cycles"},
+    "polynomial": {"power"},
+    "step": {"step_size", "gamma"},
+}
+
+
 def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     """diffusers' schedules (warm-up, num_cycles, power come from the config alone: no code edits for restarts);
     ``step`` multiplies the lr by gamma every step_size steps after the warm-up."""
     params = dict(cfg.lr_scheduler_params)
-    allowed = {
-        "cosine_with_restarts": {"num_cycles"},
-        "polynomial": {"power"},
-        "step": {"step_size", "gamma"},
-    }.get(cfg.lr_scheduler, set())
+    allowed = SCHEDULERS[cfg.lr_scheduler]
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise UserError(

@@ -29,9 +29,18 @@ class Previews:
     - ``metrics``: where the judge's scores go (builtin:shapes runs only).
     """
 
-    def __init__(self, cfg: Config, pipe, data, adapters: AdapterSwitch,
-                 ema_weights: Callable[[], AbstractContextManager], placement, run: RunFolder, metrics,
-                 judged: bool):  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        pipe,
+        data,
+        adapters: AdapterSwitch,
+        ema_weights: Callable[[], AbstractContextManager],
+        placement,
+        run: RunFolder,
+        metrics,
+        judged: bool,
+    ):
         self.cfg, self.pipe, self.data, self.adapters = cfg, pipe, data, adapters
         self.ema_weights, self.placement, self.run, self.metrics = ema_weights, placement, run, metrics
         self.judge = None
@@ -76,5 +85,9 @@ class Previews:
         scores = self.judge.preview_scores(step, cells, base_previews)
         if self.metrics is not None:
             self.metrics.log(step=step, judge=scores)
-        log.info("judge: adherence %s, concept %s, drift %s", scores["adherence"], scores["concept"],
-                 scores.get("drift"))  # fmt: skip
+        log.info(
+            "judge: adherence %s, concept %s, drift %s",
+            scores["adherence"],
+            scores["concept"],
+            scores.get("drift"),
+        )

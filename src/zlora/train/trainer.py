@@ -90,8 +90,13 @@ class Trainer:
         """Latents and caption embeddings, cached on disk or in memory; the text encoder is loaded only when some
         text is not cached yet, and freed before the transformer moves in."""
         cfg = self.cfg
-        log.info("loading %s from %s (%s, %s)", cfg.model.name_or_path, self.model_ref.folder, self.dtype,
-                 self.device)  # fmt: skip
+        log.info(
+            "loading %s from %s (%s, %s)",
+            cfg.model.name_or_path,
+            self.model_ref.folder,
+            self.dtype,
+            self.device,
+        )
         self.parts = load_components(self.model_ref.folder, self.dtype, text_encoder=False)
         self.parts.vae.to(self.device)
         with self.dist.main_first():  # disk caches are filled once, then read by the other processes
@@ -146,11 +151,16 @@ class Trainer:
         # On CPU it is the same generator; on a GPU a host generator of its own, checkpointed too.
         host = generator if self.device.type == "cpu" else torch.Generator().manual_seed(cfg.train.seed)
         self.state = TrainState(
-            params=self.lora_params, sync=self._sync_model, optimizer=optimizer,
+            params=self.lora_params,
+            sync=self._sync_model,
+            optimizer=optimizer,
             lr_scheduler=make_scheduler(cfg.train, optimizer, cfg.train.steps),
             order=self.data.order(self.dist.world),  # global batches; each process trains its share
-            ema=ema, generator=generator, host_generator=host, device=self.device,
-        )  # fmt: skip
+            ema=ema,
+            generator=generator,
+            host_generator=host,
+            device=self.device,
+        )
 
     def _start_run(self) -> None:
         """The run folder's config.yaml, run.json and metrics.jsonl (main process), the preview pipeline."""
@@ -163,8 +173,17 @@ class Trainer:
                 resume.record_forced(self.run.run_json, self.step, self.forced)
             self.metrics = MetricsLog(self.run.metrics, resume_step=self.step)
         self.pipe = make_pipeline(self.parts)
-        self.previews = Previews(cfg, self.pipe, self.data, self.adapters, self.ema_weights, self.placement,
-                                 self.run, self.metrics, judged=self.model_ref.reference == "builtin:shapes")  # fmt: skip
+        self.previews = Previews(
+            cfg,
+            self.pipe,
+            self.data,
+            self.adapters,
+            self.ema_weights,
+            self.placement,
+            self.run,
+            self.metrics,
+            judged=self.model_ref.reference == "builtin:shapes",
+        )
         trigger = cfg.job.trigger_word
         if trigger and cfg.sample.prompts and all(trigger in p.prompt for p in cfg.sample.prompt_list()):
             log.info(
@@ -184,15 +203,25 @@ class Trainer:
     def train(self) -> None:
         cfg = self.cfg
         if self.step >= cfg.train.steps:
-            log.info("already trained to step %d (train.steps=%d); raise train.steps to continue", self.step,
-                     cfg.train.steps)  # fmt: skip
+            log.info(
+                "already trained to step %d (train.steps=%d); raise train.steps to continue",
+                self.step,
+                cfg.train.steps,
+            )
             return
         self.stop.install()
         if self.step == 0 and cfg.sample.prompts and not cfg.sample.skip_first_sample:
             self.sample()
         self.transformer.train()
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
-                   mininterval=0.1 if sys.stderr.isatty() else 10, disable=not self.dist.main)  # fmt: skip
+        bar = tqdm(
+            total=cfg.train.steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.1 if sys.stderr.isatty() else 10,
+            disable=not self.dist.main,
+        )
         first = self.step
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
@@ -206,8 +235,13 @@ class Trainer:
                 self.metrics.log(
                     step=self.step, loss=loss, lr=lr, seconds=round(seconds, 6), mem_gib=round(mem, 3)
                 )
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", s_step=f"{seconds:.3f}", mem_gib=f"{mem:.2f}",
-                            refresh=False)  # bar.update() redraws  # fmt: skip
+            bar.set_postfix(
+                loss=f"{loss:.4f}",
+                lr=f"{lr:.2e}",
+                s_step=f"{seconds:.3f}",
+                mem_gib=f"{mem:.2f}",
+                refresh=False,
+            )  # bar.update() redraws
             bar.update()
 
             done = self.step == cfg.train.steps
@@ -236,8 +270,10 @@ class Trainer:
         # and so do 2 processes with 1 sample each.
         caps = self.data.captions(flat, st.host_generator)  # (L_i, D) each: caption lengths differ
         sigmas = sample_sigmas(cfg, len(flat), st.generator, self.device)
-        noise = [torch.randn(self.data.latent_shape(i, self.parts.vae), generator=st.generator, device=self.device)
-                 for i in flat]  # (C, h, w) each  # fmt: skip
+        noise = [
+            torch.randn(self.data.latent_shape(i, self.parts.vae), generator=st.generator, device=self.device)
+            for i in flat
+        ]  # (C, h, w) each
 
         total, start = torch.zeros((), device=self.device), 0
         for b in batches:
@@ -297,8 +333,9 @@ class Trainer:
         if not self.dist.main:  # every process holds the same state; one writes it
             return self.run.checkpoint(self.step)
         state = self.state.snapshot(self.step, self.cfg.model_dump(mode="json"), self.dist.world)
-        path = checkpoint.save_checkpoint(self.run, self.step, state, self.write_lora,
-                                          self.cfg.save.max_step_saves_to_keep)  # fmt: skip
+        path = checkpoint.save_checkpoint(
+            self.run, self.step, state, self.write_lora, self.cfg.save.max_step_saves_to_keep
+        )
         plot_loss(self.run.metrics, self.run.loss_plot)
         return path
 
@@ -333,8 +370,9 @@ def run_training(cfg: Config, force_resume: bool = False) -> Path:
         if isinstance(e, OSError):
             e = write_error(Path(e.filename or trainer.run.root), e)
         if e.disk_full:
-            raise UserError(f"disk full while writing {e.path}; {hint}; free space and run the same command "
-                            "again") from None  # fmt: skip
+            raise UserError(
+                f"disk full while writing {e.path}; {hint}; free space and run the same command again"
+            ) from None
         raise e from None
     finally:
         trainer.cleanup()

@@ -224,7 +224,7 @@ def router(data_dir: Path, store) -> APIRouter:
 
     @api.post("/api/generate")
     def generate(body: GenerateBody) -> dict:
-        from zlora.config.schema import fill_sampling
+        from zlora.config.presets import fill_sampling
         from zlora.ui.loratools import resolve_ref
 
         body = body.model_copy(update=fill_sampling(body.model, body.model_dump()))

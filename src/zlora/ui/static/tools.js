@@ -86,6 +86,7 @@ async function showDataset(name, box, onChange) {
 
 // ------------------------------------------------------------------ LoRA tools
 async function lorasPage() {
+  const sch = await schema();
   const view = $("#view");
   const pick = el("select", {id: "lora-pick"});
   const upload = el("input", {type: "file", id: "lora-upload", accept: ".safetensors"});
@@ -93,19 +94,20 @@ async function lorasPage() {
   const report = el("pre", {class: "log", id: "lora-report"});
   const heat = el("div", {id: "lora-heat"});
   const msg = el("div", {class: "err", id: "lora-msg"});
-  const comps = ["adaln", "qk", "v", "attn_out", "ffn"];
+  const comps = sch.vocab.sliders;
   const sliders = comps.map((c) => { const s = el("input", {type: "range", min: 0, max: 2, step: 0.05, value: 1, id: `s-${c}`});
     const v = el("span", {}, "1.00"); s.addEventListener("input", () => { v.textContent = Number(s.value).toFixed(2); }); return [c, s, v]; });
   const curve = el("input", {type: "text", id: "lora-layers", placeholder: 'per layer, e.g. "0-9:0.5,20-29:1.2"'});
-  const layerBars = el("div", {class: "curve", id: "lora-curve", title: "per-layer multipliers 0-29 (drag; writes the layers field)"});
-  const drawCurve = (n) => layerBars.replaceChildren(...Array.from({length: n}, (_, i) => {
+  const layerBars = el("div", {class: "curve", id: "lora-curve", title: "per-layer multipliers (drag; writes the layers field)"});
+  const layersLabel = el("label", {}, "layers");
+  const drawCurve = (n) => { layersLabel.textContent = n ? `layers 0–${n - 1}` : "layers"; layerBars.replaceChildren(...Array.from({length: n}, (_, i) => {
     const s = el("input", {type: "range", min: 0, max: 2, step: 0.05, value: 1, class: "layer", "data-layer": i, orient: "vertical"});
     s.addEventListener("input", () => { curve.value = [...layerBars.querySelectorAll("input")].map((x) => [Number(x.dataset.layer), Number(x.value)])
       .filter(([, v]) => v !== 1).map(([l, v]) => `${l}:${v}`).join(","); });
-    return s; }));
-  drawCurve(30);
+    return s; })); };
+  drawCurve(0);   // one slider per layer of the LoRA, once it is inspected
   const ratio = el("input", {type: "number", id: "lora-ratio", value: 1, step: "any"});
-  const to = el("select", {id: "lora-to"}, [["zlora", "zlora (diffusers, ComfyUI)"], ["diffusers", "diffusers"], ["comfy", "ComfyUI (bypass loader too)"], ["kohya", "kohya (musubi, sd-scripts)"]].map(([v, t]) => el("option", {value: v}, t)));
+  const to = el("select", {id: "lora-to"}, sch.lora_formats.map((f) => el("option", {value: f.name}, f.label)));
   const mergeBox = el("div", {id: "merge-inputs"});
   const rank = el("input", {type: "number", id: "merge-rank", placeholder: "exact", min: 1});
   view.replaceChildren(el("h1", {}, "LoRA tools"),
@@ -113,7 +115,7 @@ async function lorasPage() {
     el("div", {class: "panels"},
       el("div", {class: "panel"}, el("h2", {}, "Inspect"), el("button", {id: "lora-inspect", onclick: inspect}, "Inspect"), heat, report),
       el("div", {class: "panel"}, el("h2", {}, "Scale"), ...sliders.map(([c, s, v]) => el("div", {class: "field"}, el("label", {}, c), s, v)),
-        el("div", {class: "field"}, el("label", {}, "layers 0–29"), layerBars, curve), el("div", {class: "field"}, el("label", {}, "ratio"), ratio),
+        el("div", {class: "field"}, layersLabel, layerBars, curve), el("div", {class: "field"}, el("label", {}, "ratio"), ratio),
         el("button", {id: "lora-scale", onclick: scale}, "Scale → new file")),
       el("div", {class: "panel"}, el("h2", {}, "Convert"), to, el("button", {id: "lora-convert", onclick: convert}, "Convert → new file"),
         el("h2", {}, "Merge"), mergeBox, el("button", {class: "secondary", id: "merge-add", onclick: addInput}, "Add input"),

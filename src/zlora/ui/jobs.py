@@ -1,0 +1,220 @@
+"""The job routes: create (validated as `zlora config validate` does), list, stop, resume, duplicate, delete, and a
+job's metrics, previews, files, log and live events. Everything a page shows of a job comes from its run folder
+(``zlora.runfolder``) and the job store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import Path as FastPath
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from zlora.config import dump_config, validate
+from zlora.config.load import check_paths
+from zlora.errors import UserError
+from zlora.ui import form, progress
+from zlora.ui.runner import Runner, alive
+from zlora.ui.store import ACTIVE, Job, JobStore
+
+JobId = Annotated[int, FastPath(ge=1, le=2**62, description="job id")]
+
+
+class JobBody(BaseModel):
+    config_yaml: str = Field(description="the job's config as YAML (zlora's schema)")
+    start: bool = Field(True, description="queue it now (false: keep it stopped)")
+
+
+def router(data_dir: Path, store: JobStore, runner: Runner) -> APIRouter:
+    api = APIRouter()
+
+    def _job(job_id: JobId) -> Job:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    def _summary(job: Job) -> dict:
+        steps = (yaml.safe_load(job.config_yaml) or {}).get("train", {}).get("steps", 0)
+        final = job.run.final_lora
+        return {
+            "id": job.id,
+            "name": job.name,
+            "status": job.status,
+            "error": job.error,
+            "device": job.device,
+            "run_dir": job.run_dir,
+            "lora_path": str(final) if final.is_file() else None,
+            "created": job.created,
+            "started": job.started,
+            "finished": job.finished,
+            **progress.progress(job.run, steps),
+        }
+
+    @api.post("/api/jobs")
+    def create_job(body: JobBody) -> dict:
+        data = form.with_ui_defaults(form.yaml_dict(body.config_yaml), data_dir)
+        cfg, problems = validate(data)
+        if problems:
+            raise HTTPException(422, [{"loc": loc, "msg": msg} for loc, msg in problems])
+        try:
+            check_paths(cfg)
+        except UserError as e:
+            raise HTTPException(422, [{"loc": "datasets", "msg": p} for p in e.problems]) from None
+        run_dir = str(Path(cfg.job.output_dir).expanduser().resolve() / cfg.job.name)
+        clash = [j for j in store.all() if j.run_dir == run_dir]
+        if clash:
+            raise HTTPException(
+                409,
+                f"job {clash[0].id} already trains into {run_dir}: choose another job.name, "
+                "or resume or duplicate that job",
+            )
+        job = store.add(
+            cfg.job.name,
+            dump_config(cfg),
+            run_dir,
+            cfg.job.device,
+            status="queued" if body.start else "stopped",
+        )
+        runner.poke()
+        return {"id": job.id}
+
+    @api.get("/api/jobs")
+    def list_jobs() -> list[dict]:
+        return [_summary(j) for j in store.all()]
+
+    @api.get("/api/jobs/{job_id}")
+    def get_job(job_id: JobId) -> dict:
+        job = _job(job_id)
+        return {**_summary(job), "config_yaml": job.config_yaml}
+
+    @api.post("/api/jobs/{job_id}/stop")
+    def stop_job(job_id: JobId) -> dict:
+        job = _job(job_id)
+        if job.status == "queued":
+            store.update(job_id, status="stopped")
+        elif job.status == "running":
+            runner.request_stop(job)
+        elif job.status != "stopping":
+            raise HTTPException(409, f"job {job_id} is {job.status}, not running")
+        return _summary(_job(job_id))
+
+    @api.post("/api/jobs/{job_id}/resume")
+    def resume_job(job_id: JobId) -> dict:
+        job = _job(job_id)
+        if job.status in (*ACTIVE, "queued"):
+            raise HTTPException(409, f"job {job_id} is already {job.status}")
+        if alive(job.pid) and job.pid not in {p.pid for p in runner.procs.values()}:
+            raise HTTPException(
+                409,
+                f"job {job_id}'s previous trainer (pid {job.pid}) is still writing its "
+                "checkpoint; try again in a moment",
+            )
+        store.update(job_id, status="queued", error=None)
+        runner.poke()
+        return _summary(_job(job_id))
+
+    @api.post("/api/jobs/{job_id}/duplicate")
+    def duplicate_job(job_id: JobId) -> dict:
+        job = _job(job_id)
+        data = yaml.safe_load(job.config_yaml)
+        names = {j.name for j in store.all()}
+        n = 2
+        while f"{job.name}-{n}" in names:
+            n += 1
+        data["job"]["name"] = f"{job.name}-{n}"
+        return {"config_yaml": yaml.safe_dump(data, sort_keys=False, allow_unicode=True)}
+
+    @api.delete("/api/jobs/{job_id}")
+    def delete_job(job_id: JobId, keep_files: bool = False) -> dict:
+        """The job, its log and (unless keep_files) its run folder; never a dataset."""
+        job = _job(job_id)
+        if job.status in ACTIVE:
+            raise HTTPException(409, f"job {job_id} is {job.status}: stop it first")
+        run_dir = Path(job.run_dir)
+        datasets = [
+            Path(d["folder_path"]).expanduser().resolve()
+            for d in (yaml.safe_load(job.config_yaml) or {}).get("datasets", [])
+        ]
+        if not keep_files and run_dir.is_dir():
+            if any(d == run_dir or run_dir in d.parents or d in run_dir.parents for d in datasets):
+                raise HTTPException(
+                    409, f"{run_dir} holds or is inside a dataset folder; delete with keep_files=true"
+                )
+            shutil.rmtree(run_dir)
+        shutil.rmtree(runner.job_dir(job_id), ignore_errors=True)
+        store.delete(job_id)
+        return {"deleted": job_id}
+
+    @api.get("/api/jobs/{job_id}/metrics")
+    def job_metrics(job_id: JobId) -> list[dict]:
+        return _job(job_id).run.read_metrics()
+
+    @api.get("/api/jobs/{job_id}/samples")
+    def job_samples(job_id: JobId) -> list[dict]:
+        return [
+            {**s, "url": f"/api/jobs/{job_id}/file/{s['path']}"} for s in _job(job_id).run.sample_images()
+        ]
+
+    @api.get("/api/jobs/{job_id}/files")
+    def job_files(job_id: JobId) -> list[dict]:
+        job = _job(job_id)
+        return [{**f, "url": f"/api/jobs/{job_id}/file/{f['path']}"} for f in job.run.lora_files()]
+
+    @api.get("/api/jobs/{job_id}/log")
+    def job_log(job_id: JobId, tail: Annotated[int, Query(ge=1, le=5000)] = 200) -> dict:
+        _job(job_id)
+        path = runner.log_path(job_id)
+        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+        lines = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]  # progress bars: the last redraw
+        return {"text": "\n".join(lines[-tail:])}
+
+    @api.get("/api/jobs/{job_id}/file/{path:path}")
+    def job_file(job_id: JobId, path: str) -> FileResponse:
+        job = _job(job_id)
+        root = Path(job.run_dir).resolve()
+        target = (root / path).resolve()
+        if Path(path).is_absolute() or ".." in Path(path).parts or root not in target.parents:
+            raise HTTPException(404, "no such file in this job's run folder")
+        if not target.is_file():
+            raise HTTPException(404, f"{path}: not in the run folder (yet)")
+        name = (
+            f"{job.name}-{target.parent.name}.safetensors"
+            if target.name == "lora.safetensors"
+            else target.name
+        )
+        return FileResponse(target, filename=name if target.suffix == ".safetensors" else None)
+
+    @api.get("/api/jobs/{job_id}/events")
+    async def job_events(job_id: JobId, request: Request) -> StreamingResponse:
+        """Server-sent events: the job's summary each time it changes (checked every 0.25 s)."""
+        _job(job_id)
+
+        async def stream():
+            last, beat = None, time.monotonic()
+            while not await request.is_disconnected():
+                job = store.get(job_id)
+                if job is None:
+                    yield "event: deleted\ndata: {}\n\n"
+                    return
+                now = json.dumps(_summary(job))
+                if now != last:
+                    yield f"data: {now}\n\n"
+                    last, beat = now, time.monotonic()
+                elif time.monotonic() - beat > 15:
+                    yield ": keep-alive\n\n"
+                    beat = time.monotonic()
+                await asyncio.sleep(0.25)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    return api
