@@ -101,7 +101,7 @@ def test_damaged_or_half_written_cache_entries_are_repaired(make_config, mixed_d
     cache = tmp_path / "cache"
     data = _data(make_config, mixed_dir, cache_latents=True, cache_dir=str(cache))
     good = data.latents([0], None)[0].clone()  # entries are memory-mapped: copy before damaging the file
-    entry = data.latent_caches[0].path(data._latent_key(data.entries[0]))
+    entry = data.latent_caches[0].path(data.latent_key(data.entries[0]))
     entry.write_bytes(entry.read_bytes()[:100])  # truncated by a crash or a full disk
     stray = entry.parent / f".{entry.name}.abc.tmp"  # what a run killed mid-write leaves
     stray.write_bytes(b"partial")

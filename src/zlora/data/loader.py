@@ -61,11 +61,12 @@ class TrainData:
     def all_latents_cached(self) -> bool:
         return all(e.dataset in self.latent_caches for e in self.entries)
 
-    def _latent_key(self, e: Entry, sha: str | None = None) -> str:
+    def latent_key(self, e: Entry, sha: str | None = None) -> str:
+        """The latent cache key of entry ``e``: the VAE, the image bytes, the bucket and the flip."""
         return key(LATENT_FORMAT, self.vae_id, sha or self.image_sha[e.image], e.bucket, e.flip)
 
     def _seed(self, e: Entry) -> int:
-        return int(self._latent_key(e)[:15], 16)
+        return int(self.latent_key(e)[:15], 16)
 
     @torch.no_grad()
     def prepare_latents(self, vae) -> None:
@@ -123,7 +124,7 @@ class TrainData:
             e
             for e in entries
             if e.dataset in self.latent_caches
-            and not self.latent_caches[e.dataset].has(self._latent_key(e, sha))
+            and not self.latent_caches[e.dataset].has(self.latent_key(e, sha))
         ]
         if not missing and all(e.dataset in self.latent_caches for e in entries):
             return sha, None, []  # every entry is cached: the image need not even be decoded
@@ -142,7 +143,7 @@ class TrainData:
                 part = items[k : k + VAE_BATCH]
                 latents = self._encode(vae, [e for e, _ in part], torch.stack([px for _, px in part]))
                 for (e, _), lat in zip(part, latents, strict=True):
-                    self.latent_caches[e.dataset].put(self._latent_key(e), lat)
+                    self.latent_caches[e.dataset].put(self.latent_key(e), lat)
 
     def _encode(self, vae, entries: list[Entry], pixels: torch.Tensor) -> torch.Tensor:
         self.encoder_calls["vae"] += len(entries)
@@ -175,7 +176,7 @@ class TrainData:
         for i in idx:
             e = self.entries[i]
             cache = self.latent_caches.get(e.dataset)
-            lat = cache.get(self._latent_key(e)) if cache else None
+            lat = cache.get(self.latent_key(e)) if cache else None
             if lat is None:
                 encode.append(i)
             else:
@@ -197,9 +198,7 @@ class TrainData:
                 ):
                     out[i] = lat
                     if self.entries[i].dataset in self.latent_caches:
-                        self.latent_caches[self.entries[i].dataset].put(
-                            self._latent_key(self.entries[i]), lat
-                        )
+                        self.latent_caches[self.entries[i].dataset].put(self.latent_key(self.entries[i]), lat)
         return [out[i].to(self.device, non_blocking=True) for i in idx]
 
     # ------------------------------------------------------------------ text
