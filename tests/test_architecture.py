@@ -76,8 +76,9 @@ def _literal(model, field: str) -> set:
 
 def test_every_name_table_matches_its_literal():
     from zlora import vocab
+    from zlora.config.network import NETWORK_TYPES, LoraNetworkConfig
     from zlora.config.presets import ARCH_PRESETS
-    from zlora.config.schema import NETWORK_TYPES, LoraNetworkConfig, ModelConfig, SaveConfig, TrainConfig
+    from zlora.config.schema import ModelConfig, SaveConfig, TrainConfig
     from zlora.models.load import DTYPES
     from zlora.train.network import NETWORKS
     from zlora.train.optim import OPTIMIZERS, SCHEDULERS
@@ -108,7 +109,8 @@ def test_the_readme_format_table_is_the_codec_table():
 
 
 def test_every_config_field_has_help_for_the_form():
-    from zlora.config.schema import NETWORK_TYPES, Config
+    from zlora.config.network import NETWORK_TYPES
+    from zlora.config.schema import Config
 
     missing, todo, seen = [], [Config, *NETWORK_TYPES.values()], set()
     while todo:

@@ -151,7 +151,7 @@ def _wait_task(server, task_id: int, timeout: float = 120) -> dict:
     end = time.monotonic() + timeout
     while True:
         task = server.call("GET", f"/api/tasks/{task_id}")[1]
-        if task["status"] != "running":
+        if task["status"] not in ("running", "queued"):
             return task
         assert time.monotonic() < end, task
         time.sleep(0.2)

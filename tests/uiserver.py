@@ -59,6 +59,7 @@ class UIServer:
         token: str | None = None,
         raw: bytes | None = None,
         ctype: str = "application/json",
+        headers: dict | None = None,
     ):
         """(status, parsed JSON or text)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -67,6 +68,8 @@ class UIServer:
             req.add_header("Content-Type", ctype)
         if token or self.token:
             req.add_header("Authorization", f"Bearer {token or self.token}")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 status, text, ctype = (

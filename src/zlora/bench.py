@@ -70,6 +70,7 @@ def run_bench(
     overrides: list[str],
 ) -> dict:
     from zlora.config import apply_overrides, parse_config
+    from zlora.config.base import MAX_STEPS
     from zlora.models import zimage
     from zlora.models.quantize import weight_bytes
     from zlora.models.tiny import bench_model_path
@@ -87,7 +88,12 @@ def run_bench(
             "network": {"linear": rank, "linear_alpha": rank},
             "save": {"save_every": 10**9},
             "sample": {"prompts": []},
-            "train": {"steps": 10**9, "batch_size": batch_size, "lr": 1e-4, "cache_text_embeddings": True},
+            "train": {
+                "steps": MAX_STEPS,
+                "batch_size": batch_size,
+                "lr": 1e-4,
+                "cache_text_embeddings": True,
+            },
             "datasets": [
                 {
                     "folder_path": str(data),

@@ -3,11 +3,13 @@ so what it shows is what diffusers users get from the same files."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from zlora.config.base import MAX_SAMPLE_STEPS
 from zlora.errors import UserError
 from zlora.models.load import quiet_libraries, resolve_device, resolve_dtype, resolve_model
 from zlora.models.zimage import SIZE_MULTIPLE
@@ -36,15 +38,17 @@ def save_image(image: Image.Image, path: Path, fmt: str, settings: dict) -> None
     image.save(path, format=fmt, pnginfo=info)
 
 
-def check_lora_file(path: str) -> None:
-    """A LoRA that diffusers would load as nothing (another model's keys: it only warns) or that would turn the
-    image black (NaN/inf weights) is refused before the pipeline is built."""
-    from zlora.lora.codecs import detect_format
+def check_lora_file(path: str, shapes: dict[str, list[int]] | None = None) -> None:
+    """A LoRA that diffusers would load as nothing (another model's keys: it only warns), that does not fit the
+    model (``shapes``: its transformer's weights) or that would turn the image black (NaN/inf weights) is refused
+    before the pipeline is built."""
+    from zlora.lora.bake import check_fits
+    from zlora.lora.codecs import read_modules
     from zlora.lora.file import read_lora
 
     try:
-        tensors, _ = read_lora(path)
-        detect_format(list(tensors))
+        tensors, meta = read_lora(path)
+        modules = read_modules(tensors, metadata=meta)
     except UserError as e:
         raise UserError(f"--lora {path}: {e}") from None
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
@@ -53,14 +57,50 @@ def check_lora_file(path: str) -> None:
             f"--lora {path}: {len(bad)} tensors hold NaN/inf (e.g. {bad[0]}); the image would be "
             "black. Use an earlier checkpoint of the run"
         )
+    if shapes is not None:
+        check_fits(modules, shapes, f"--lora {path}")
+
+
+def check_size(folder: Path, width: int, height: int, model: str) -> None:
+    """Sides within what the model can place: its rotary position table covers ``axes_lens`` patches per side, so a
+    larger image cannot be made (found in a millisecond from the configs, not after a minute of allocating)."""
+    import json
+    import logging
+
+    tcfg = json.loads((folder / "transformer" / "config.json").read_text())
+    vcfg = json.loads((folder / "vae" / "config.json").read_text())
+    factor = 2 ** (len(vcfg.get("block_out_channels", [0, 0, 0, 0])) - 1) * tcfg.get("all_patch_size", [2])[0]
+    limit = min(tcfg.get("axes_lens", [1024, 512, 512])[1:]) * factor
+    for name, v in (("--width", width), ("--height", height)):
+        if v > limit:
+            raise UserError(
+                f"{name} {v}: {model} places at most {limit} px per side (its position table); "
+                f"use at most {limit}"
+            )
+    if model == "builtin:shapes":
+        from zlora.shapes.world import SAMPLING
+
+        if (width, height) != (SAMPLING["width"], SAMPLING["height"]):
+            logging.getLogger(__name__).warning(
+                "builtin:shapes learned %dx%d images; at %dx%d it draws little more than the background",
+                SAMPLING["width"],
+                SAMPLING["height"],
+                width,
+                height,
+            )
 
 
 def load_pipeline(model: str, loras: list[tuple[str, float]], device: torch.device, dtype: torch.dtype):
     from diffusers import ZImagePipeline
 
-    for path, _ in loras:
-        check_lora_file(path)
+    from zlora.lora.bake import model_shapes
+
     ref = resolve_model(model)
+    shapes = model_shapes(ref.folder) if loras else None
+    for path, weight in loras:
+        check_lora_file(path, shapes)
+        if not math.isfinite(weight):
+            raise UserError(f"--lora {path}:{weight}: the weight must be a finite number, e.g. 0.8")
     quiet_libraries()
     pipe = ZImagePipeline.from_pretrained(ref.folder, dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
@@ -91,11 +131,12 @@ def generate_image(
     for name, v in (("--width", width), ("--height", height)):
         if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
             raise UserError(f"{name} {v} must be a positive multiple of {SIZE_MULTIPLE}")
-    if steps < 1:
-        raise UserError(f"--steps {steps}: must be at least 1 (Turbo: 9, De-Turbo/Base: 20-50)")
+    if not 1 <= steps <= MAX_SAMPLE_STEPS:
+        raise UserError(f"--steps {steps}: must be 1 to {MAX_SAMPLE_STEPS} (Turbo: 9, De-Turbo/Base: 20-50)")
     if guidance < 0 or guidance != guidance:
         raise UserError(f"--guidance {guidance}: must be 0 (off) or positive, e.g. 3")
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
+    check_size(resolve_model(model).folder, width, height, model)
     pipe = load_pipeline(model, loras, dev, resolve_dtype(dtype, dev))
     return pipe(
         prompt=prompt,

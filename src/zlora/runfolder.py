@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ SAMPLE = re.compile(r"^step-(\d+)_p(\d+)_s(-?\d+)\.png$")
 GRID = re.compile(r"^step-(\d{6,})\.png$")
 STATE_FILE = "state.pt"
 CHECKPOINT_LORA = "lora.safetensors"
+# Written when zlora creates a run folder: says which job it belongs to (the web UI deletes only folders it made).
+MARKER = ".zlora-run.json"
 _TAIL_BYTES = 16384
 
 
@@ -125,6 +128,48 @@ class RunFolder:
 
     def read_metrics(self, tail: bool = False) -> list[dict]:
         return read_metrics(self.metrics, tail)
+
+    # ------------------------------------------------------------------ whose folder it is
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    def owner(self) -> dict | None:
+        """What the marker says ({job, created_by, ...}); for a run folder from before markers, its config's job
+        name; None when this is not a zlora run folder (or does not exist)."""
+        try:
+            return json.loads(self.marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+        if self.config.is_file() and self.run_json.is_file():
+            try:
+                import yaml
+
+                job = (yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}).get("job", {})
+                return {"job": job.get("name"), "created_by": "zlora train"}
+            except (OSError, ValueError, AttributeError, yaml.YAMLError):
+                return None
+        return None
+
+    def is_run_of(self, name: str) -> bool:
+        """A zlora run folder of the job ``name`` (so training there resumes it)."""
+        owner = self.owner()
+        return owner is not None and owner.get("job") == name
+
+    def claim(self, created_by: str, **info) -> None:
+        """Create the folder and its marker (the folder must not exist yet, or hold nothing but the marker)."""
+        from zlora.utils.io import atomic_write_text, make_dirs
+
+        make_dirs(self.root)
+        record = {"job": self.name, "created_by": created_by, "created": time.time(), **info}
+        atomic_write_text(self.marker, json.dumps(record) + "\n")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """``folder`` is a zlora run folder (a dataset scan never reads images from one)."""
+    return (folder / MARKER).is_file() or (
+        (folder / "config.yaml").is_file() and (folder / "run.json").is_file()
+    )
 
 
 def read_metrics(path: Path, tail: bool = False) -> list[dict]:

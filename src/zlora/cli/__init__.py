@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
 from zlora import __version__
 from zlora.cli import generate, lora, models, shapes, train, ui
@@ -28,12 +30,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM before the trainer's graceful stop is installed (start-up): end at once, with a message."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        return _main(argv)
+    old = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        quiet = (
-            os.environ.get("RANK", "0") != "0"
-        )  # the other processes of a distributed launch: problems only
+        quiet = os.environ.get("RANK", "0") != "0"  # the other processes of a launch: problems only
         level = (
             logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING if quiet else logging.INFO
         )
@@ -51,3 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zlora: aborted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("zlora: terminated (SIGTERM)", file=sys.stderr)
+        return 143

@@ -4,6 +4,7 @@ commands take, and ``FILE[:WEIGHT]`` parsing."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from zlora.errors import UserError
@@ -48,10 +49,14 @@ def parse_lora_arg(text: str) -> tuple[str, float]:
     path, sep, weight = text.rpartition(":")
     if sep:
         try:
-            return path, float(weight)
+            value = float(weight)
         except ValueError:
             if path.lower().endswith(".safetensors") and not Path(text).exists():
                 raise UserError(f"{text}: the weight after ':' must be a number, e.g. {path}:0.8") from None
+        else:
+            if not math.isfinite(value):
+                raise UserError(f"{text}: the weight after ':' must be a finite number, e.g. {path}:0.8")
+            return path, value
     return text, 1.0
 
 

@@ -43,7 +43,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--prompts, --seeds and --steps must be at least 1")
     how = fill_sampling("builtin:shapes", vars(args))  # the world's settings, whichever --model
     steps, guidance = how["steps"], how["guidance"]
-    dev = resolve_device(args.device)
+    dev = resolve_device(args.device, "--device")
     loras = [parse_lora_arg(args.lora)] if args.lora else []
     pipe = load_pipeline(args.model, loras, dev, torch.float32)
     seeds = list(range(args.seeds))

@@ -44,13 +44,16 @@ def register(sub) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from zlora.config import load_config
     from zlora.runfolder import RunFolder
-    from zlora.train.trainer import TrainingInterrupted, run_training
+    from zlora.train.trainer import TrainingDiverged, TrainingInterrupted, run_training
 
     cfg = load_config(args.config, args.overrides)
     try:
         lora = run_training(cfg, force_resume=args.force_resume)
     except TrainingInterrupted as e:
         print(f"zlora: {e}", file=sys.stderr)
+        return e.exit_code
+    except TrainingDiverged as e:
+        print(f"zlora: error: {e}", file=sys.stderr)
         return e.exit_code
     if os.environ.get("RANK", "0") != "0":  # a distributed launch: process 0 reports
         return 0
@@ -82,18 +85,16 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_config_import(args: argparse.Namespace) -> int:
     import yaml
 
-    from zlora.config import parse_config, read_yaml
+    from zlora.config import parse_config
     from zlora.config.aitk import import_aitk, is_aitk
+    from zlora.config.load import read_yaml_file
     from zlora.utils.io import atomic_write_text, check_output
 
     check_output(args.output, [args.job], overwrite=args.overwrite)
     path = Path(args.job)
     if not path.is_file():
         raise UserError(f"job file not found: {path}")
-    try:
-        data = read_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    data = read_yaml_file(path)
     if not is_aitk(data):
         raise UserError(
             f"{path} is not an ai-toolkit job file (no config.process); zlora configs need no import"

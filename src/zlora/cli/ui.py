@@ -20,6 +20,13 @@ def register(sub) -> None:
     )
     p.add_argument("--token", help="require this token for every page and API call (also ZLORA_UI_TOKEN)")
     p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name the UI is reached by (a Host header it accepts); repeat for several",
+    )
+    p.add_argument(
         "--max-upload-mb", type=int, default=50, help="largest image or caption file accepted by upload"
     )
 
@@ -51,7 +58,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from zlora.ui.server import serve
 
     data_dir = Path(args.data_dir) if args.data_dir else None
-    serve(args.host, args.port, data_dir, args.token, args.max_upload_mb)
+    serve(args.host, args.port, data_dir, args.token, args.max_upload_mb, args.allowed_host)
     return 0
 
 

@@ -12,7 +12,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from zlora.config.aitk import import_aitk, is_aitk
-from zlora.config.schema import NETWORK_TYPES, Config
+from zlora.config.network import NETWORK_TYPES
+from zlora.config.schema import Config
 from zlora.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,27 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """``line N: not valid YAML (why)``, with the fix for the commonest Windows mistake: a path in double quotes,
+    where a backslash starts an escape."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark else ""
+    why = str(getattr(e, "problem", None) or e)
+    if "escape" in why:
+        why += "; in double-quoted YAML a backslash starts an escape: write Windows paths in single quotes or with /"
+    return f"{where}not valid YAML ({why})"
+
+
+def read_yaml_file(path: Path):
+    """The YAML document in ``path``; an unreadable or invalid file is a UserError naming it and the line."""
+    try:
+        return read_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} {yaml_problem(e)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=c`` / ``datasets.0.folder_path=x`` overrides; values are parsed as YAML scalars/lists."""
     for item in overrides:
@@ -202,14 +224,29 @@ def parse_config(data: Any, source: str = "config") -> Config:
 
 
 def check_paths(cfg: Config, source: str = "config") -> None:
-    """Problems that need the file system: missing dataset folders."""
+    """Problems that need the file system: missing dataset folders, and a run folder that would mix with a
+    dataset (its checkpoints and previews among the images, then trained on)."""
     problems = []
+    run = (Path(cfg.job.output_dir).expanduser() / cfg.job.name).resolve()
     for i, ds in enumerate(cfg.datasets):
         p = Path(ds.folder_path).expanduser()
         if not p.is_dir():
             what = "is not a folder" if p.exists() else "does not exist"
             problems.append(
                 f"{source}: `datasets[{i}].folder_path` {what}: {p.resolve()}; point it at a folder of images"
+            )
+            continue
+        folder = p.resolve()
+        if run == folder or folder in run.parents:
+            problems.append(
+                f"{source}: `job.output_dir` puts the run folder {run} inside `datasets[{i}].folder_path` "
+                f"{folder}; its checkpoints and previews would land among the images: choose an output_dir "
+                "outside the dataset"
+            )
+        elif run in folder.parents:
+            problems.append(
+                f"{source}: `datasets[{i}].folder_path` {folder} lies inside the run folder {run}; move the "
+                "dataset or choose another job.output_dir"
             )
     if problems:
         raise UserError(problems=problems)
@@ -221,14 +258,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
         raise UserError(
             f"config file not found: {path}; pass the path of a YAML file, e.g. configs/quickstart.yaml"
         )
-    try:
-        data = read_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    data = read_yaml_file(path)
     if is_aitk(data):
         data, notes = import_aitk(data)
         for note in notes:

@@ -3,18 +3,14 @@ the meaning is the same. Unknown keys are rejected (see ``load.py`` for the mess
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+import re
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from zlora.config.base import DEVICE_PATTERN, MAX_BATCH, MAX_SAMPLE_STEPS, MAX_STEPS, Section, plain_path
+from zlora.config.network import LoraNetworkConfig, NetworkConfig
 from zlora.config.presets import ARCH_PRESETS, TURBO_ADAPTERS
-from zlora.vocab import DEFAULT_PRESET, TARGET_PRESETS
-
-DEFAULT_TARGET_MODULES = list(TARGET_PRESETS[DEFAULT_PRESET])
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
 class JobConfig(Section):
@@ -26,6 +22,15 @@ class JobConfig(Section):
     """Word that activates the LoRA; stored in the LoRA metadata."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+
+    _path = field_validator("output_dir")(plain_path)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(DEVICE_PATTERN, v):
+            raise ValueError("not a device; use auto, cpu, cuda or cuda:N (e.g. cuda:1)")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -52,6 +57,8 @@ class ModelConfig(Section):
     def _adapter_alias(cls, v: str | None) -> str | None:
         return TURBO_ADAPTERS.get(v, v) if v else v
 
+    _path = field_validator("name_or_path", "assistant_lora_path")(plain_path)
+
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Weight/compute dtype of the frozen base model. ``auto``: bf16 on CUDA, fp32 on CPU."""
     quantize: bool = False
@@ -68,54 +75,6 @@ class ModelConfig(Section):
     @classmethod
     def _aitk_qtype(cls, v: str) -> str:
         return "float8" if v == "qfloat8" else v
-
-
-class NetworkBase(Section):
-    """What every network type shares: the rank and alpha, and which modules it targets."""
-
-    type: str
-    linear: int = Field(16, ge=1)
-    """Linear Rank (the LoRA rank r)."""
-    linear_alpha: float = Field(16, gt=0)
-    """Linear Alpha: the update is scaled by alpha / rank."""
-    dropout: float = Field(0.0, ge=0, lt=1)
-    """Dropout on the network path's input (peft ``lora_dropout``)."""
-    preset: Literal["attn", "attn_ff", "attn_ff_adaln"] = DEFAULT_PRESET
-    """Which modules get the network when ``target_modules`` is not given: attention only; attention +
-    feed-forward; both + the adaLN modulation."""
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    """Module names inside each block that get the network (set explicitly, they win over ``preset``)."""
-    exclude: list[str] = Field(default_factory=list)
-    """Regular expressions on full module names (e.g. ``layers\\.(0|1)\\.``): matching modules get no network."""
-    target_blocks: list[Literal["layers", "noise_refiner", "context_refiner"]] = Field(
-        default_factory=lambda: ["layers"]
-    )
-    """Which block lists of the transformer are targeted."""
-
-    @model_validator(mode="after")
-    def _preset(self) -> NetworkBase:
-        if "target_modules" not in self.model_fields_set:
-            object.__setattr__(self, "target_modules", list(TARGET_PRESETS[self.preset]))
-        return self
-
-
-class LoraNetworkConfig(NetworkBase):
-    type: Literal["lora"] = "lora"
-    """Target Type: ``lora`` (delta = (alpha / rank) B A on each target Linear)."""
-
-
-# network.type -> its config class: the config of `network` is chosen by its `type` (default lora).
-NETWORK_TYPES = {"lora": LoraNetworkConfig}
-
-
-def _network_type(value) -> str:
-    return value.get("type", "lora") if isinstance(value, dict) else getattr(value, "type", "lora")
-
-
-NetworkConfig = Annotated[
-    Union[tuple(Annotated[cls, Tag(name)] for name, cls in NETWORK_TYPES.items())],  # noqa: UP007
-    Discriminator(_network_type),
-]
 
 
 class SaveConfig(Section):
@@ -135,9 +94,9 @@ class EmaConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(2000, ge=1)
+    steps: int = Field(2000, ge=1, le=MAX_STEPS)
     """Optimizer steps to train (raise it and run again to train longer)."""
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)
     """Samples per batch (per process in a multi-GPU launch); a batch comes from one aspect bucket."""
     lr: float = Field(1e-4, gt=0)
     """Learning rate (Prodigy: 1.0)."""
@@ -248,6 +207,8 @@ class DatasetConfig(Section):
     instead of towards the image: the LoRA learns to change nothing there (ai-toolkit's ``prior_reg``; use with
     ``is_reg``). Costs one forward without gradients per such sample."""
 
+    _path = field_validator("folder_path", "cache_dir")(plain_path)
+
     @field_validator("resolution", mode="before")
     @classmethod
     def _one_or_many(cls, v):
@@ -294,7 +255,7 @@ class SampleConfig(Section):
     """Preview width in pixels (a multiple of 16)."""
     height: int = Field(1024, ge=16, multiple_of=16)
     """Preview height in pixels (a multiple of 16)."""
-    sample_steps: int = Field(9, ge=1)
+    sample_steps: int = Field(9, ge=1, le=MAX_SAMPLE_STEPS)
     """Scheduler steps (Turbo: 9 = 8 transformer forwards); filled from ``model.arch`` when unset."""
     guidance_scale: float = Field(0.0, ge=0)
     """Filled from ``model.arch`` when unset."""
@@ -334,6 +295,8 @@ class HubConfig(Section):
     """Hub or mirror URL (e.g. https://hf-mirror.com); default $HF_ENDPOINT, else huggingface.co."""
     offline: bool = False
     """Never touch the network (also HF_HUB_OFFLINE=1): a model not complete on disk is an error."""
+
+    _path = field_validator("models_dir")(plain_path)
 
 
 class Config(Section):

@@ -282,6 +282,16 @@ class TrainData:
         """Each entry ``num_repeats`` times per epoch; global batches (batch_size x processes) from one bucket at a
         time, the same plan in every process."""
         repeats = [self.cfg.datasets[e.dataset].num_repeats for e in self.entries]
+        batch = self.cfg.train.batch_size * processes
+        if batch > sum(repeats):
+            log.warning(
+                "train.batch_size %d (x %d processes) is more than the %d samples per epoch: batches will "
+                "hold at most %d",
+                self.cfg.train.batch_size,
+                processes,
+                sum(repeats),
+                sum(repeats),
+            )
         return BucketBatches(
             [e.bucket for e in self.entries],
             self.cfg.train.batch_size * processes,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from zlora.hub.manifest import (
 from zlora.utils.io import make_dirs
 
 log = logging.getLogger(__name__)
+REPO_PART = re.compile(r"[A-Za-z0-9][\w.-]{0,95}")  # an org or repo name as the hub allows it
 PIPELINE_PATTERNS = [
     "model_index.json",
     "scheduler/*",
@@ -41,8 +43,12 @@ def split_ref(ref: str, revision: str | None = None) -> tuple[str, str | None, s
     """``org/name[@rev]`` or ``org/name/path/file.safetensors`` -> (repo_id, revision, file or None)."""
     ref, _, at = ref.partition("@")
     parts = ref.strip("/").split("/")
-    if len(parts) < 2 or not all(parts):
-        raise UserError(f"not a hub reference: {ref!r}; use org/name or org/name/path/file.safetensors")
+    bad = [p for p in parts[:2] if not REPO_PART.fullmatch(p) or p in (".", "..")]
+    if len(parts) < 2 or not all(parts) or bad or ".." in parts:
+        raise UserError(
+            f"not a hub reference: {ref!r}; use org/name or org/name/path/file.safetensors "
+            "(letters, digits, '-', '_', '.')"
+        )
     file = "/".join(parts[2:]) or None
     return "/".join(parts[:2]), revision or at or None, file
 
@@ -102,6 +108,10 @@ def remote_files(settings: HubSettings, repo_id: str, revision: str | None, file
     except RevisionNotFoundError:
         raise UserError(f"{repo_id}: no revision {revision!r} on {where}") from None
     except network_errors() as e:
+        if _status(e) == 404:  # a mirror that answers 404 without the hub's error code
+            raise UserError(
+                f"{repo_id}: not found on {where}: check the id (org/name, as on the hub)"
+            ) from None
         raise UserError(
             f"{repo_id}: cannot reach {where} ({type(e).__name__}: {e}); "
             "set --endpoint / HF_ENDPOINT for a mirror, or work offline with a local copy"
@@ -117,16 +127,48 @@ def remote_files(settings: HubSettings, repo_id: str, revision: str | None, file
     return commit, {f.path: (f.size, f.lfs.sha256 if f.lfs else None, f.blob_id) for f in wanted}
 
 
+def _status(e: BaseException) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def check_target(folder: Path, repo_id: str) -> None:
+    """A pull goes into a new or empty folder, or one that holds a pull of the same repo (it resumes): never into a
+    folder of other files (a dataset, another model), whose ``model_index.json`` it would overwrite."""
+    if not folder.is_dir():
+        return
+    theirs = [p.name for p in folder.iterdir() if p.name != ".cache"]
+    manifest = read_manifest(folder)
+    ours = (manifest or {}).get("repo") == repo_id or _plan_repo(folder) == repo_id
+    if theirs and not ours:
+        held = (
+            f"a pull of {manifest.get('repo')}"
+            if manifest
+            else f"{len(theirs)} other files (e.g. {theirs[0]})"
+        )
+        raise UserError(f"--to {folder} holds {held}; pull {repo_id} into a new or empty folder")
+
+
 PLAN = Path(".cache") / "zlora-pull.json"
 
 
-def write_plan(folder: Path, todo: dict[str, int]) -> None:
-    """What this pull fetches (path -> size), for progress readers such as the web UI."""
+def write_plan(folder: Path, todo: dict[str, int], repo_id: str) -> None:
+    """What this pull fetches (path -> size), for progress readers such as the web UI, and of which repo (a pull
+    killed before its manifest is written still resumes)."""
     import json
 
     from zlora.utils.io import atomic_write_text
 
-    atomic_write_text(folder / PLAN, json.dumps({"files": todo}))
+    atomic_write_text(folder / PLAN, json.dumps({"files": todo, "repo": repo_id}))
+
+
+def _plan_repo(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / PLAN).read_text()).get("repo")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def pull_progress(folder: Path) -> tuple[int, int]:
@@ -168,6 +210,7 @@ def pull(
     folder = Path(to).expanduser() if to else model_folder(settings, repo_id, revision)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--to {folder} is a file; give a folder (new or one pulled before)")
+    check_target(folder, repo_id)
     if settings.offline:
         raise UserError(
             f"{ref}: offline (--offline / HF_HUB_OFFLINE) and not complete locally; "
@@ -203,7 +246,7 @@ def pull(
             "hub.models_dir / ZLORA_MODELS_DIR for another disk"
         )
     log.info("%s@%s: %d files, %s to download into %s", repo_id, commit[:10], len(todo), human(need), folder)
-    write_plan(folder, {rel: files[rel][0] for rel in todo})
+    write_plan(folder, {rel: files[rel][0] for rel in todo}, repo_id)
     for rel in tqdm(todo, desc="files", unit="file", disable=len(todo) < 2):
         size, sha256, sha1 = files[rel]
         try:

@@ -38,6 +38,33 @@ def _specs(files: list[Path]) -> list[tuple[str, Path, torch.dtype, list[int]]]:
     return out
 
 
+def model_shapes(model_folder: Path) -> dict[str, list[int]]:
+    """{weight key: shape} of the model's transformer, from the safetensors headers (no tensor is read)."""
+    return {key: shape for key, _, _, shape in _specs(transformer_files(model_folder))}
+
+
+def check_fits(
+    modules: dict[str, LoraModule], shapes: dict[str, list[int]], source: str = "the LoRA"
+) -> None:
+    """Every module must be a weight of the model with the delta's shape: a LoRA for another size of model (or
+    with more layers) is named, instead of failing deep in a loader or being dropped with a warning."""
+    unknown = sorted(n for n in modules if f"{n}.weight" not in shapes)
+    if unknown:
+        layers = sorted({int(k.split(".")[1]) for k in shapes if k.startswith("layers.")})
+        have = f"; the model has layers 0-{layers[-1]}" if layers else ""
+        raise UserError(
+            f"{source}: {len(unknown)} modules match no weight of this model (e.g. "
+            f"{', '.join(unknown[:3])}){have}: is it a LoRA for another model?"
+        )
+    for name, m in modules.items():
+        shape = shapes[f"{name}.weight"]
+        if [m.B.shape[0], m.A.shape[1]] != shape:
+            raise UserError(
+                f"{source}: {name}.weight: the LoRA delta is {m.B.shape[0]}x{m.A.shape[1]}, the "
+                f"model's weight is {shape[0]}x{shape[1]}: a LoRA for another size of model"
+            )
+
+
 def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], out: Path) -> list[str]:
     """Merge ``sum(weight * delta)`` into the base transformer and write it to ``out``: a ``.safetensors`` file, or a
     folder (config.json + weights) that ``ZImageTransformer2DModel.from_pretrained`` loads. Returns changed keys."""
@@ -45,16 +72,9 @@ def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], o
     by_key = {key: (path, dtype, shape) for key, path, dtype, shape in specs}
     targets: dict[str, list[tuple[LoraModule, float]]] = {}
     for modules, weight in loras:
+        check_fits(modules, {key: shape for key, (_, _, shape) in by_key.items()})
         for name, m in modules.items():
             targets.setdefault(f"{name}.weight", []).append((m, weight))
-    unknown = sorted(k.removesuffix(".weight") for k in targets if k not in by_key)
-    if unknown:
-        raise UserError(f"{len(unknown)} LoRA modules match no transformer weight: {', '.join(unknown[:8])}")
-    for key, parts in targets.items():
-        _, _, shape = by_key[key]
-        for m, _ in parts:
-            if [m.B.shape[0], m.A.shape[1]] != shape:
-                raise UserError(f"{key}: LoRA delta is {m.B.shape[0]}x{m.A.shape[1]}, the weight is {shape}")
 
     def tensors() -> Iterator[torch.Tensor]:
         with contextlib.ExitStack() as stack:

@@ -320,6 +320,11 @@ def _module(name: str, p: dict[str, torch.Tensor], alpha_of) -> LoraModule:
             f"module {name}: LoRA weights must be 2-D matrices (got {list(p['A'].shape)} and "
             f"{list(p['B'].shape)}; convolution LoRAs are not supported)"
         )
+    if p["A"].numel() == 0 or p["B"].numel() == 0:
+        raise UserError(
+            f"module {name}: an empty (zero-size) LoRA weight ({list(p['A'].shape)} and "
+            f"{list(p['B'].shape)}); the file is damaged"
+        )
     if p["A"].shape[0] != p["B"].shape[1]:
         raise UserError(
             f"module {name}: lora_A/down has rank {p['A'].shape[0]} but lora_B/up has rank "

@@ -150,6 +150,7 @@ def merge_loras(
         )
     for ((modules, _, _), m, _), (path, _) in zip(read, inputs, strict=True):
         check_multipliers(modules, m, path)
+        _check_finite(modules, path)
     merged = merge([(scale(modules, m), weight) for (modules, _, _), m, weight in read])
     kept: dict[str, float] = {}
     if rank is not None:
@@ -164,12 +165,28 @@ def merge_loras(
     return kept
 
 
+def _check_finite(modules: dict[str, LoraModule], source) -> None:
+    bad = [n for n, m in modules.items() if not m.is_finite()]
+    if bad:
+        raise UserError(
+            f"{source}: {len(bad)} modules hold NaN/inf (e.g. {bad[0]}); there is no delta to keep. "
+            "Use an earlier checkpoint of the run"
+        )
+
+
 def resize_lora(
     src: str | Path, dst: str | Path, rank: int, overwrite: bool = False, allow_foreign: bool = False
 ) -> dict[str, float]:
     _check_rank(rank)
     check_output(dst, [src], overwrite=overwrite)
     modules, fmt, meta = read_lora_modules(src, allow_foreign)
+    _check_finite(modules, src)
+    have = max(m.rank for m in modules.values())
+    if rank >= have:
+        raise UserError(
+            f"--rank {rank}: {src} is already rank {have} or less; a resize only lowers the rank "
+            "(merge or extract make higher ranks)"
+        )
     resized, kept = reduce_rank(modules, rank)
     write_lora(resized, dst, fmt, {**meta, "rank": str(rank)})
     return kept

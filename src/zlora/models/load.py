@@ -19,13 +19,19 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, field: str = "job.device") -> torch.device:
+    from zlora.config.base import DEVICE_PATTERN
+
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise UserError(f"`{field}` {name!r} is not a device; use auto, cpu, cuda or cuda:N (e.g. cuda:1)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"`{field}` is {name!r} but no CUDA device is available; use cpu or auto")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UserError(
-            f"`job.device` is {name!r} but no CUDA device is available; use job.device=cpu or auto"
+            f"`{field}` is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
     return dev
 

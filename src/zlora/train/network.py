@@ -8,7 +8,7 @@ import re
 
 import torch
 
-from zlora.config.schema import NetworkConfig
+from zlora.config.network import NetworkConfig
 from zlora.errors import UserError
 from zlora.lora.modules import LoraModule
 from zlora.train.adapter import USER, adapter_params
@@ -33,7 +33,17 @@ def target_module_names(transformer: torch.nn.Module, net: NetworkConfig) -> lis
             "`network.target_modules` / `target_blocks` / `exclude` leave no module to train; "
             f"modules look like layers.0.{net.target_modules[0]}"
         )
+    narrow = min((transformer.get_submodule(n) for n in names), key=_width)
+    if net.linear > _width(narrow):
+        raise UserError(
+            f"`network.linear` {net.linear} is more than the width of the targeted modules (at least one is "
+            f"{narrow.in_features} -> {narrow.out_features}); a rank above {_width(narrow)} adds nothing"
+        )
     return names
+
+
+def _width(module: torch.nn.Module) -> int:
+    return min(module.in_features, module.out_features)
 
 
 class LoraNetwork:

@@ -1,5 +1,7 @@
-"""Graceful stop: the first SIGINT/SIGTERM asks the trainer to finish its step and checkpoint; a second one
-aborts at once (KeyboardInterrupt, which the CLI reports as "aborted", exit 130)."""
+"""Graceful stop: the first SIGINT/SIGTERM asks the trainer to finish its step and checkpoint; a second Ctrl-C
+(SIGINT) aborts at once (KeyboardInterrupt, which the CLI reports as "aborted", exit 130). Repeated SIGTERMs count
+as one: a dying parent (the web UI's server, a launcher) may deliver several, and each must still end in the
+checkpoint of the current step."""
 
 from __future__ import annotations
 
@@ -18,6 +20,15 @@ class TrainingInterrupted(Exception):
         self.exit_code = exit_code
 
 
+class TrainingDiverged(Exception):
+    """The loss turned NaN/inf: the step's update is not saved; the newest checkpoint is the last good state."""
+
+    exit_code = 3
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
 class GracefulStop:
     def __init__(self) -> None:
         self.signal: int | None = None  # the signal that asked for a stop
@@ -28,8 +39,10 @@ class GracefulStop:
             return  # signals can only be handled on the main thread (e.g. a UI worker thread)
 
         def request_stop(signum, frame):
-            if self.signal is not None:  # second Ctrl-C: stop now, without a checkpoint
-                raise KeyboardInterrupt
+            if self.signal is not None:
+                if signum == signal.SIGINT:  # a second Ctrl-C: stop now, without a checkpoint
+                    raise KeyboardInterrupt
+                return  # SIGTERM again: still the one graceful stop under way
             self.signal = signum
             log.warning(
                 "%s received: finishing this step and writing a checkpoint (again to abort now)",

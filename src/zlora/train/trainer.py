@@ -40,9 +40,10 @@ from zlora.train.network import make_network
 from zlora.train.optim import make_optimizer, make_scheduler
 from zlora.train.precision import trainable_params
 from zlora.train.previews import Previews
-from zlora.train.stop import GracefulStop, TrainingInterrupted  # noqa: F401 - TrainingInterrupted: public here
+from zlora.train.runlock import RunLock, check_run_folder
+from zlora.train.stop import GracefulStop, TrainingDiverged, TrainingInterrupted  # noqa: F401 - public here
 from zlora.train.timesteps import sample_sigmas
-from zlora.utils.io import USER_WRITE_ERRNOS, WriteError, make_dirs, write_error
+from zlora.utils.io import USER_WRITE_ERRNOS, WriteError, write_error
 
 log = logging.getLogger(__name__)
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,17 +61,29 @@ class Trainer:
         self.dist = distributed.init(cpu=cfg.job.device == "cpu" or not torch.cuda.is_available())
         self._stop_agreed = False
         self.metrics = None  # only the main process writes the run folder
+        self.lock = RunLock(self.run) if self.dist.main else None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        self._resolve()
-        self._prepare_data()
-        self._build_model()
-        self._build_optimizer()
-        self.step, self.forced = resume.restore(
-            self.run, self.cfg, self.dist.world, self.force_resume, self.state
-        )
-        self._start_run()  # only now: a failed start leaves the run folder as it was
+        self._check_run_folder()
+        try:
+            self._resolve()
+            self._prepare_data()
+            self._build_model()
+            self._build_optimizer()
+            self.step, self.forced = resume.restore(
+                self.run, self.cfg, self.dist.world, self.force_resume, self.state
+            )
+            self._start_run()  # only now: a failed start leaves the run folder as it was
+        except BaseException:  # a start that fails holds nothing (also when the caller never calls cleanup)
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _check_run_folder(self) -> None:
+        check_run_folder(self.run)
+        if self.lock is not None:
+            self.lock.acquire()
 
     def _resolve(self) -> None:
         """Device, dtype, the base model and adapter files; the datasets are scanned now, so a bad dataset fails
@@ -89,15 +102,9 @@ class Trainer:
     def _prepare_data(self) -> None:
         """Latents and caption embeddings, cached on disk or in memory; the text encoder is loaded only when some
         text is not cached yet, and freed before the transformer moves in."""
-        cfg = self.cfg
-        log.info(
-            "loading %s from %s (%s, %s)",
-            cfg.model.name_or_path,
-            self.model_ref.folder,
-            self.dtype,
-            self.device,
-        )
-        self.parts = load_components(self.model_ref.folder, self.dtype, text_encoder=False)
+        cfg, folder = self.cfg, self.model_ref.folder
+        log.info("loading %s from %s (%s, %s)", cfg.model.name_or_path, folder, self.dtype, self.device)
+        self.parts = load_components(folder, self.dtype, text_encoder=False)
         self.parts.vae.to(self.device)
         with self.dist.main_first():  # disk caches are filled once, then read by the other processes
             self.data.prepare_latents(self.parts.vae)
@@ -166,15 +173,16 @@ class Trainer:
         """The run folder's config.yaml, run.json and metrics.jsonl (main process), the preview pipeline."""
         cfg = self.cfg
         if self.dist.main:
-            make_dirs(self.run.root)
+            if self.run.owner() is None:
+                self.run.claim("zlora train")
             resume.keep_old_config(self.run, dump_config(cfg), self.step)
             checkpoint.write_run_json(self.run.run_json, self.model_ref, self.dist.world)
             if self.forced:
                 resume.record_forced(self.run.run_json, self.step, self.forced)
             self.metrics = MetricsLog(self.run.metrics, resume_step=self.step)
         self.pipe = make_pipeline(self.parts)
-        self.previews = Previews(
-            cfg,
+        judged = self.model_ref.reference == "builtin:shapes"
+        parts = (
             self.pipe,
             self.data,
             self.adapters,
@@ -182,8 +190,8 @@ class Trainer:
             self.placement,
             self.run,
             self.metrics,
-            judged=self.model_ref.reference == "builtin:shapes",
         )
+        self.previews = Previews(cfg, *parts, judged=judged)
         trigger = cfg.job.trigger_word
         if trigger and cfg.sample.prompts and all(trigger in p.prompt for p in cfg.sample.prompt_list()):
             log.info(
@@ -204,7 +212,7 @@ class Trainer:
         cfg = self.cfg
         if self.step >= cfg.train.steps:
             log.info(
-                "already trained to step %d (train.steps=%d); raise train.steps to continue",
+                "already trained to step %d (train.steps=%d); raise it to continue",
                 self.step,
                 cfg.train.steps,
             )
@@ -213,52 +221,57 @@ class Trainer:
         if self.step == 0 and cfg.sample.prompts and not cfg.sample.skip_first_sample:
             self.sample()
         self.transformer.train()
-        bar = tqdm(
-            total=cfg.train.steps,
-            initial=self.step,
-            desc="training",
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=0.1 if sys.stderr.isatty() else 10,
-            disable=not self.dist.main,
-        )
         first = self.step
-        while self.step < cfg.train.steps:
-            t0 = time.perf_counter()
-            loss = self.step_once()
-            self.step += 1
-            lr = self.state.lr_scheduler.get_last_lr()[0]
-            seconds, mem = time.perf_counter() - t0, peak_memory_gib(self.device)
-            if self.compiled and self.step == first + 1:
-                log.info("compile warm-up: first step took %.1f s", seconds)
-            if self.metrics:
-                self.metrics.log(
-                    step=self.step, loss=loss, lr=lr, seconds=round(seconds, 6), mem_gib=round(mem, 3)
-                )
-            bar.set_postfix(
-                loss=f"{loss:.4f}",
-                lr=f"{lr:.2e}",
-                s_step=f"{seconds:.3f}",
-                mem_gib=f"{mem:.2f}",
-                refresh=False,
-            )  # bar.update() redraws
-            bar.update()
+        with self._progress_bar() as bar:  # closed on any exit, so an error starts a line of its own
+            while self.step < cfg.train.steps:
+                t0 = time.perf_counter()
+                loss = self.step_once()
+                self.step += 1
+                self._report(bar, loss, time.perf_counter() - t0, warm_up=self.step == first + 1)
 
-            done = self.step == cfg.train.steps
-            stop = self._stop_requested()
-            if self.step % cfg.save.save_every == 0 or done or stop:
-                self.save_checkpoint()
-            if cfg.sample.prompts and (self.step % cfg.sample.sample_every == 0 or done):
-                self.sample()
-            if stop and not done:
-                bar.close()
-                raise self.stop.interrupted(self.step, self.run.checkpoint(self.step))
-        bar.close()
+                done = self.step == cfg.train.steps
+                stop = self._stop_requested()
+                if self.step % cfg.save.save_every == 0 or done or stop:
+                    self.save_checkpoint()
+                if cfg.sample.prompts and (self.step % cfg.sample.sample_every == 0 or done):
+                    self.sample()
+                if stop and not done:
+                    raise self.stop.interrupted(self.step, self.run.checkpoint(self.step))
         # From here Ctrl-C aborts at once (exit 130): the last checkpoint holds every step, and a stop
         # requested now would otherwise go unnoticed while the final LoRA is written.
         self.stop.restore()
         if self.stop.signal is not None:
             log.warning("stop requested at the last step: the run is complete")
+
+    def _progress_bar(self):
+        interval = 0.1 if sys.stderr.isatty() else 10  # a log file gets a line every 10 s, not every redraw
+        return tqdm(
+            total=self.cfg.train.steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=interval,
+            disable=not self.dist.main,
+        )
+
+    def _report(self, bar, loss: float, seconds: float, warm_up: bool) -> None:
+        """One step into metrics.jsonl and the progress bar."""
+        lr, mem = self.state.lr_scheduler.get_last_lr()[0], peak_memory_gib(self.device)
+        if self.compiled and warm_up:
+            log.info("compile warm-up: first step took %.1f s", seconds)
+        if self.metrics:
+            self.metrics.log(
+                step=self.step, loss=loss, lr=lr, seconds=round(seconds, 6), mem_gib=round(mem, 3)
+            )
+        postfix = {
+            "loss": f"{loss:.4f}",
+            "lr": f"{lr:.2e}",
+            "s_step": f"{seconds:.3f}",
+            "mem_gib": f"{mem:.2f}",
+        }
+        bar.set_postfix(postfix, refresh=False)  # bar.update() redraws
+        bar.update()
 
     def step_once(self) -> float:
         """One optimizer step over ``gradient_accumulation`` batches; returns the loss. In a distributed launch the
@@ -303,8 +316,15 @@ class Trainer:
         if st.ema is not None:
             st.ema.step(self.params)
         if not math.isfinite(total):
-            raise RuntimeError(
-                f"loss is {total} at step {self.step + 1}; lower train.lr or use model.dtype=fp32"
+            latest = checkpoint.latest_checkpoint(self.run)
+            kept = (
+                f"the last good checkpoint, {latest[1].name}, is kept"
+                if latest
+                else "no checkpoint was written"
+            )
+            raise TrainingDiverged(
+                f"the loss is {total} at step {self.step + 1} (the run diverged); {kept}. Lower train.lr or use "
+                "model.dtype=fp32, then resume with --force-resume or start a new run"
             )
         return total
 
@@ -352,6 +372,8 @@ class Trainer:
         self.stop.restore()
         if self.metrics:
             self.metrics.close()
+        if self.lock is not None:
+            self.lock.release()
         self.dist.close()
 
 

@@ -10,6 +10,7 @@ import contextlib
 import hmac
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import (
@@ -43,20 +44,58 @@ class YamlBody(BaseModel):
     yaml: str = Field(description="config YAML")
 
 
+UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def host_name(header: str) -> str:
+    """``127.0.0.1:8675`` -> ``127.0.0.1``; ``[::1]:8675`` -> ``[::1]``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def foreign_request(request: Request, hosts: set[str] | None) -> str | None:
+    """Why a request must be refused as coming from another site, or None. A DNS-rebinding page reaches the
+    server under its own name (Host); a cross-site form or fetch carries its page's Origin / Sec-Fetch-Site."""
+    host = request.headers.get("host", "")
+    if hosts is not None and host_name(host) not in hosts:
+        return (
+            f"Host {host!r} is not a name of this server; open it as http://127.0.0.1:<port>/ or start it with "
+            f"--allowed-host {host_name(host) or 'NAME'}"
+        )
+    if request.method in UNSAFE:
+        site = request.headers.get("sec-fetch-site")
+        origin = request.headers.get("origin")
+        if site in ("cross-site", "same-site"):
+            return f"refused: a {site} request (from another page than this UI's)"
+        if origin is not None and (origin == "null" or urlsplit(origin).netloc.lower() != host.lower()):
+            return f"refused: a request from {origin}, not from this UI's pages"
+    return None
+
+
 def create_app(
-    data_dir: Path, token: str | None = None, start_runner: bool = True, max_upload_mb: int = 50
+    data_dir: Path,
+    token: str | None = None,
+    start_runner: bool = True,
+    max_upload_mb: int = 50,
+    hosts: set[str] | None = None,
 ) -> FastAPI:
+    """``hosts``: the names a Host header may carry (None: any, for a wildcard address or in-process tests)."""
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(data_dir / "zlora.db")
     runner = Runner(store, data_dir)
+    queue = tasks.Tasks(data_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if start_runner:
             runner.start()
+            queue.run()
         yield
         runner.shutdown()
+        queue.shutdown()
 
     app = FastAPI(
         title="zlora",
@@ -83,6 +122,13 @@ def create_app(
         if request.url.path.startswith("/api/") or request.url.path == "/openapi.json":
             return JSONResponse({"detail": "missing or wrong token: send Authorization: Bearer TOKEN"}, 401)
         return RedirectResponse("/login")
+
+    @app.middleware("http")  # added last, so it runs first: before the token, before any route
+    async def _same_site(request: Request, call_next):
+        why = foreign_request(request, hosts)
+        if why:
+            return JSONResponse({"detail": why}, 403)
+        return await call_next(request)
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, e: UserError):
@@ -116,7 +162,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(datasets.router(data_dir, store, max_upload_mb))
     app.include_router(loratools.router(data_dir, store))
-    app.include_router(tasks.router(data_dir, store))
+    app.include_router(tasks.router(data_dir, store, queue))
 
     # ------------------------------------------------------------------ config
     @app.get("/api/health")

@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, UploadFile
+from fastapi import APIRouter, Form, HTTPException, UploadFile
 from fastapi import Path as FastPath
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from zlora.utils.io import atomic_write, atomic_write_text
+from zlora.utils.io import atomic_create, atomic_write, atomic_write_text
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
@@ -94,12 +94,32 @@ def router(data_dir: Path, store, max_upload_mb: int) -> APIRouter:
         return out
 
     @api.post("/api/datasets/{name}/files")
-    async def upload(name: DatasetName, files: list[UploadFile]) -> dict:
-        """Images (each must decode) and .txt captions (UTF-8); anything else, or too large, is refused by name."""
+    async def upload(
+        name: DatasetName, files: list[UploadFile], overwrite: Annotated[bool, Form()] = False
+    ) -> dict:
+        """Images (each must decode) and .txt captions (UTF-8); anything else, or too large, is refused by name.
+        A file of that name in the dataset is never replaced unless ``overwrite`` (the page asks first): 409 when
+        every file was refused for that."""
         from zlora.data.dataset import BAD_IMAGE, decode_image, why
 
         root = folder(name)
         kept, refused = [], []
+
+        def write(fname: str, data: bytes) -> None:
+            target = root / fname
+            if overwrite:
+                atomic_write(target, lambda p: p.write_bytes(data))
+            elif not atomic_create(target, lambda p: p.write_bytes(data)):
+                refused.append(
+                    {
+                        "file": fname,
+                        "why": "exists in the dataset (upload again with overwrite to replace it)",
+                        "exists": True,
+                    }
+                )
+                return
+            kept.append(fname)
+
         limit = max_upload_mb << 20
         for f in files:
             try:
@@ -119,22 +139,20 @@ def router(data_dir: Path, store, max_upload_mb: int) -> APIRouter:
                 except BAD_IMAGE as e:
                     refused.append({"file": fname, "why": f"not a readable image ({why(e)})"})
                     continue
-                atomic_write(root / fname, lambda p, d=data: p.write_bytes(d))
-                kept.append(fname)
+                write(fname, data)
             elif suffix == ".txt":
                 try:
-                    text = data.decode("utf-8")
+                    data.decode("utf-8")
                 except UnicodeDecodeError:
                     refused.append({"file": fname, "why": "caption is not UTF-8 text"})
                     continue
-                atomic_write_text(root / fname, text)
-                kept.append(fname)
+                write(fname, data)
             else:
                 refused.append(
                     {"file": fname, "why": "only images (.jpg .jpeg .png .webp .bmp) and .txt captions"}
                 )
         if not kept and refused:
-            raise HTTPException(422, refused)
+            raise HTTPException(409 if all(r.get("exists") for r in refused) else 422, refused)
         return {"kept": kept, "refused": refused}
 
     @api.get("/api/datasets/{name}")
@@ -188,9 +206,11 @@ def router(data_dir: Path, store, max_upload_mb: int) -> APIRouter:
 
     @api.put("/api/datasets/{name}/captions/{image}")
     def caption(name: DatasetName, image: str, body: CaptionBody) -> dict:
+        """The caption file of the image named (``<stem>.txt``), nothing else: a name that is not an image of the
+        dataset is refused."""
         path = inside(folder(name), image)
-        if not path.is_file():
-            raise HTTPException(404, f"no image {image}")
+        if path.suffix.lower() not in IMAGE_EXTS or not path.is_file():
+            raise HTTPException(404, f"no image {image} in dataset {name!r} (captions belong to images)")
         atomic_write_text(path.with_suffix(".txt"), body.text.strip() + "\n")
         return {"image": image, "caption": body.text.strip()}
 
@@ -202,8 +222,10 @@ def router(data_dir: Path, store, max_upload_mb: int) -> APIRouter:
         changed = 0
         for image_name in names:
             path = inside(root, image_name)
-            if not path.is_file():
-                raise HTTPException(404, f"no image {image_name}")
+            if path.suffix.lower() not in IMAGE_EXTS or not path.is_file():
+                raise HTTPException(
+                    404, f"no image {image_name} in dataset {name!r} (captions belong to images)"
+                )
             cap = path.with_suffix(".txt")
             old = cap.read_text(encoding="utf-8", errors="replace").strip() if cap.is_file() else ""
             new = {

@@ -10,6 +10,7 @@ import yaml
 from fastapi import HTTPException
 
 from zlora.config import read_yaml
+from zlora.config.load import yaml_problem
 
 # The guide's panels (training guide, section 6) and the config fields each one shows.
 PANELS = [
@@ -119,11 +120,7 @@ def yaml_dict(text: str) -> dict:
     try:
         data = read_yaml(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise HTTPException(
-            422, [{"loc": "", "msg": f"{where}not valid YAML ({getattr(e, 'problem', e)})"}]
-        ) from None
+        raise HTTPException(422, [{"loc": "", "msg": yaml_problem(e)}]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

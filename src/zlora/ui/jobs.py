@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from zlora.config import dump_config, validate
 from zlora.config.load import check_paths
 from zlora.errors import UserError
+from zlora.runfolder import RunFolder
 from zlora.ui import form, progress
 from zlora.ui.runner import Runner, alive
 from zlora.ui.store import ACTIVE, Job, JobStore
@@ -68,7 +69,8 @@ def router(data_dir: Path, store: JobStore, runner: Runner) -> APIRouter:
             check_paths(cfg)
         except UserError as e:
             raise HTTPException(422, [{"loc": "datasets", "msg": p} for p in e.problems]) from None
-        run_dir = str(Path(cfg.job.output_dir).expanduser().resolve() / cfg.job.name)
+        run = RunFolder.of(Path(cfg.job.output_dir).expanduser().resolve(), cfg.job.name)
+        run_dir = str(run.root)
         clash = [j for j in store.all() if j.run_dir == run_dir]
         if clash:
             raise HTTPException(
@@ -76,13 +78,28 @@ def router(data_dir: Path, store: JobStore, runner: Runner) -> APIRouter:
                 f"job {clash[0].id} already trains into {run_dir}: choose another job.name, "
                 "or resume or duplicate that job",
             )
-        job = store.add(
-            cfg.job.name,
-            dump_config(cfg),
-            run_dir,
-            cfg.job.device,
-            status="queued" if body.start else "stopped",
-        )
+        resumes = run.root.exists() and run.is_run_of(
+            cfg.job.name
+        )  # a run of the CLI's: the job continues it
+        if run.root.exists() and not resumes:
+            raise HTTPException(
+                409,
+                [
+                    {
+                        "loc": "job.name",
+                        "msg": f"{run_dir} exists and is not a zlora run of {cfg.job.name!r}: "
+                        "choose another job.name or job.output_dir (the UI never trains into a folder of yours)",
+                    }
+                ],
+            )
+        status = "queued" if body.start else "stopped"
+        job = store.add(cfg.job.name, dump_config(cfg), run_dir, cfg.job.device, status=status)
+        if not resumes:
+            try:  # the marker is what lets Delete remove this folder later, and only this one
+                run.claim("zlora ui", ui_job=job.id, ui_data_dir=str(data_dir))
+            except UserError as e:
+                store.delete(job.id)
+                raise HTTPException(422, [{"loc": "job.output_dir", "msg": " ".join(e.problems)}]) from None
         runner.poke()
         return {"id": job.id}
 
@@ -134,24 +151,31 @@ def router(data_dir: Path, store: JobStore, runner: Runner) -> APIRouter:
 
     @api.delete("/api/jobs/{job_id}")
     def delete_job(job_id: JobId, keep_files: bool = False) -> dict:
-        """The job, its log and (unless keep_files) its run folder; never a dataset."""
+        """The job, its log and (unless keep_files) the run folder this job created; a folder that existed before
+        the job (a run of the CLI's it resumed) and any dataset stay."""
         job = _job(job_id)
         if job.status in ACTIVE:
             raise HTTPException(409, f"job {job_id} is {job.status}: stop it first")
-        run_dir = Path(job.run_dir)
+        run = job.run
         datasets = [
             Path(d["folder_path"]).expanduser().resolve()
             for d in (yaml.safe_load(job.config_yaml) or {}).get("datasets", [])
         ]
-        if not keep_files and run_dir.is_dir():
-            if any(d == run_dir or run_dir in d.parents or d in run_dir.parents for d in datasets):
+        kept = None
+        if not keep_files and run.root.is_dir():
+            owner = run.owner() or {}
+            ours = owner.get("created_by") == "zlora ui" and owner.get("ui_job") == job_id
+            if not ours or owner.get("ui_data_dir") != str(data_dir):
+                kept = f"{run.root} was not made by this job (it existed before), so it stays"
+            elif any(d == run.root or run.root in d.parents or d in run.root.parents for d in datasets):
                 raise HTTPException(
-                    409, f"{run_dir} holds or is inside a dataset folder; delete with keep_files=true"
+                    409, f"{run.root} holds or is inside a dataset folder; delete with keep_files=true"
                 )
-            shutil.rmtree(run_dir)
+            else:
+                shutil.rmtree(run.root)
         shutil.rmtree(runner.job_dir(job_id), ignore_errors=True)
         store.delete(job_id)
-        return {"deleted": job_id}
+        return {"deleted": job_id, "kept": kept}
 
     @api.get("/api/jobs/{job_id}/metrics")
     def job_metrics(job_id: JobId) -> list[dict]:

@@ -33,6 +33,8 @@ def device_slot(device: str) -> str:
 def alive(pid: int | None) -> bool:
     if not pid:
         return False
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there; ask the process table instead
+        return _alive_windows(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -46,12 +48,32 @@ def alive(pid: int | None) -> bool:
         return True
 
 
+def _alive_windows(pid: int) -> bool:
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    code = ctypes.c_ulong()
+    try:
+        return (
+            bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+        )  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
 def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the server process dies."""
+    """In the child, before exec: SIGTERM when the server process dies (Linux; elsewhere nothing to set)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except OSError:
         pass
+
+
+def child_options() -> dict:
+    """Popen options of every child the UI starts: its parent-death signal where the platform has one
+    (preexec_fn does not exist on Windows)."""
+    return {"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}
 
 
 def last_errors(log_path: Path, n: int = 3) -> str:
@@ -147,7 +169,7 @@ class Runner:
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                **child_options(),
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         finally:

@@ -5,6 +5,7 @@ on the server, so a page reload shows where a task is."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -18,14 +19,20 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from zlora.ui.runner import _die_with_parent, alive, last_errors
+from zlora.ui.runner import alive, child_options, last_errors
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, args TEXT NOT NULL, status TEXT NOT NULL,
-    pid INTEGER, exit_code INTEGER, message TEXT, created REAL NOT NULL, finished REAL
+    pid INTEGER, exit_code INTEGER, message TEXT, created REAL NOT NULL, finished REAL, argv TEXT
 )
 """
+# Child processes of each kind that run at once; more wait, queued (a burst of requests never starts a process
+# each). Training jobs have their own queue (one per device, runner.py).
+BOUNDS = {"generate": 1, "pull": 2, "verify": 1, "export": 1}
+POLL_S = 0.25
 
 
 class Settings(BaseModel):
@@ -51,7 +58,7 @@ class ExportBody(BaseModel):
 
 class GenLora(BaseModel):
     lora: str = Field(description="a reference from GET /api/loras")
-    weight: float = 0.8
+    weight: float = Field(0.8, ge=-10, le=10, allow_inf_nan=False)
 
 
 class GenerateBody(BaseModel):
@@ -70,14 +77,24 @@ class GenerateBody(BaseModel):
 
 
 class Tasks:
+    """The queue of child tasks, kept in the job store's SQLite file; one thread starts them (within ``BOUNDS``)
+    and turns their exit codes into statuses. Children are started from that one long-lived thread: Linux delivers
+    the parent-death signal when the *thread* that started a child exits, so a request's worker thread must not."""
+
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(data_dir / "zlora.db"), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute(_SCHEMA)
+        if "argv" not in {r["name"] for r in self._db.execute("PRAGMA table_info(tasks)")}:
+            self._db.execute("ALTER TABLE tasks ADD COLUMN argv TEXT")  # a data dir from before the queue
         self.procs: dict[int, subprocess.Popen] = {}
-        for row in self._q("SELECT id, pid FROM tasks WHERE status = 'running'"):  # the server went down
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="zlora-tasks", daemon=True)
+        for row in self._q(
+            "SELECT id, pid FROM tasks WHERE status IN ('running', 'queued')"
+        ):  # the server went down
             if not alive(row["pid"]):
                 self._q("UPDATE tasks SET status = 'interrupted' WHERE id = ?", (row["id"],))
 
@@ -89,51 +106,88 @@ class Tasks:
         return self.data_dir / "tasks" / f"{task_id}.log"
 
     def start(self, kind: str, args: dict, argv: list[str]) -> int:
+        """Queue a `zlora` command (``{id}`` in ``argv`` becomes the task id); it starts when a slot is free."""
         with self._lock:
             task_id = self._db.execute(
-                "INSERT INTO tasks (kind, args, status, created) VALUES (?, ?, 'running', ?)",
+                "INSERT INTO tasks (kind, args, status, created) VALUES (?, ?, 'queued', ?)",
                 (kind, json.dumps(args), time.time()),
             ).lastrowid
-        path = self.log_path(task_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         argv = [a.replace("{id}", str(task_id)) for a in argv]
-        with open(path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "zlora", *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.procs[task_id] = proc
-        self._q("UPDATE tasks SET pid = ? WHERE id = ?", (proc.pid, task_id))
+        self._q("UPDATE tasks SET argv = ? WHERE id = ?", (json.dumps(argv), task_id))
+        self._wake.set()
         return task_id
 
-    def get(self, task_id: int) -> dict | None:
-        proc = self.procs.get(task_id)
-        if proc is not None and proc.poll() is not None:
+    def run(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._reap()
+                self._launch()
+            except Exception:  # the queue must outlive any one task's problem
+                log.exception("task queue")
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+
+    def _reap(self) -> None:
+        for task_id, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
             del self.procs[task_id]
-            code = proc.returncode
             message = None if code == 0 else last_errors(self.log_path(task_id)) or f"exit code {code}"
             self._q(
                 "UPDATE tasks SET status = ?, exit_code = ?, message = ?, finished = ? WHERE id = ?",
                 ("done" if code == 0 else "failed", code, message, time.time(), task_id),
             )
+
+    def _launch(self) -> None:
+        running: dict[str, int] = {}
+        for row in self._q("SELECT kind FROM tasks WHERE status = 'running'"):
+            running[row["kind"]] = running.get(row["kind"], 0) + 1
+        for row in self._q("SELECT id, kind, argv FROM tasks WHERE status = 'queued' ORDER BY id"):
+            if running.get(row["kind"], 0) >= BOUNDS.get(row["kind"], 1) or row["argv"] is None:
+                continue
+            running[row["kind"]] = running.get(row["kind"], 0) + 1
+            self._spawn(row["id"], json.loads(row["argv"]))
+
+    def _spawn(self, task_id: int, argv: list[str]) -> None:
+        path = self.log_path(task_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "zlora", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                **child_options(),
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.procs[task_id] = proc
+        self._q("UPDATE tasks SET status = 'running', pid = ? WHERE id = ?", (proc.pid, task_id))
+
+    def get(self, task_id: int) -> dict | None:
         rows = self._q("SELECT * FROM tasks WHERE id = ?", (task_id,))
         if not rows:
             return None
         task = dict(rows[0])
         task["args"] = json.loads(task["args"])
+        task.pop("argv", None)
         return task
 
     def all(self) -> list[dict]:
         return [self.get(r["id"]) for r in self._q("SELECT id FROM tasks ORDER BY id")]
 
 
-def router(data_dir: Path, store) -> APIRouter:
+def router(data_dir: Path, store, tasks: Tasks) -> APIRouter:
     api = APIRouter()
-    tasks = Tasks(data_dir)
     settings_path = data_dir / "settings.json"
 
     def settings() -> Settings:

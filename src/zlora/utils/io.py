@@ -103,6 +103,37 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None], hint: str = "
         writer(tmp)
 
 
+def atomic_create(path: str | Path, writer: Callable[[Path], None]) -> bool:
+    """Like ``atomic_write``, but never replaces an existing file: False (nothing written) when ``path`` exists,
+    also when it appears between the check and the rename (the final step is a hard link, which fails on an
+    existing name; a file system without hard links falls back to a check just before the rename)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        return False
+    make_dirs(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        writer(tmp_path)
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        public_mode(tmp_path)
+        try:
+            os.link(tmp_path, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (e.g. FAT): the check and the rename are as close as it gets
+            if path.exists():
+                return False
+            os.replace(tmp_path, path)
+        return True
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 

@@ -251,8 +251,9 @@ async function newJobPage() {
 // ------------------------------------------------------------------ job list
 async function jobAction(id, action) {
   if (action === "delete") {
-    if (!confirm(`Delete job ${id} and its run folder (checkpoints, samples, LoRAs)? Datasets are never deleted.`)) return;
-    await api("DELETE", `/api/jobs/${id}`);
+    if (!confirm(`Delete job ${id}? The run folder this job made goes with it (checkpoints, samples, LoRAs); a folder that existed before the job, and datasets, stay.`)) return;
+    const r = await api("DELETE", `/api/jobs/${id}`);
+    if (r.kept) alert(r.kept);
   } else if (action === "duplicate") {
     const r = await api("POST", `/api/jobs/${id}/duplicate`);
     draft = (await api("POST", "/api/config/parse", {yaml: r.config_yaml})).config;

@@ -8,7 +8,7 @@ async function waitTask(id, onUpdate) {        // polls until the task ends; the
   for (;;) {
     const t = await api("GET", `/api/tasks/${id}`);
     onUpdate(t);
-    if (t.status !== "running") return t;
+    if (t.status !== "running" && t.status !== "queued") return t;   // queued: waits for a free slot
     await new Promise((r) => setTimeout(r, 400));
   }
 }
@@ -52,12 +52,20 @@ async function showDataset(name, box, onChange) {
   box.replaceChildren(el("h2", {}, `Dataset ${name}`), drop, report,
     el("div", {class: "toolbar"}, "bulk:", bulkAction, bulkFind, bulkText, el("button", {id: "bulk-apply", onclick: bulk}, "Apply to all"),
       "resolutions:", res, el("button", {class: "secondary", onclick: load}, "Refresh")), grid);
-  async function upload(list) {
+  async function send(list, overwrite) {
     const form = new FormData(); for (const f of list) form.append("files", f);
+    if (overwrite) form.append("overwrite", "true");
     const r = await fetch(`/api/datasets/${encodeURIComponent(name)}/files`, {method: "POST", body: form});
     const data = await r.json();
-    const refused = r.ok ? data.refused : data.detail;
-    report.textContent = (refused || []).map((x) => `${x.file}: ${x.why}`).join("\n");
+    return r.ok ? data.refused : data.detail;
+  }
+  async function upload(list) {   // a file of the same name is never replaced without asking
+    let refused = await send(list, false) || [];
+    const taken = refused.filter((x) => x.exists).map((x) => x.file);
+    if (taken.length && confirm(`${taken.length} file(s) already in the dataset: ${taken.join(", ")}. Replace them?`)) {
+      refused = refused.filter((x) => !x.exists).concat(await send([...list].filter((f) => taken.includes(f.name)), true) || []);
+    }
+    report.textContent = refused.map((x) => `${x.file}: ${x.why}`).join("\n");
     await load(); onChange();
   }
   files.addEventListener("change", () => upload(files.files));
@@ -212,7 +220,7 @@ async function modelsPage() {
           rate ? ` · ${bytes(rate)}/s · ETA ${fmt.secs((t.total - t.bytes) / rate)}` : "") : null,
         t.message ? el("div", {class: "err"}, t.message) : null);
     }));
-    if (all.some((t) => t.status !== "running" && !seen[t.id].reloaded)) { all.forEach((t) => { seen[t.id].reloaded = true; }); load(); }
+    if (all.some((t) => !["running", "queued"].includes(t.status) && !seen[t.id].reloaded)) { all.forEach((t) => { seen[t.id].reloaded = true; }); load(); }
   }
   async function start(path, body) {
     msg.textContent = "";
