@@ -68,7 +68,9 @@ def test_bake_equals_base_plus_weighted_deltas_and_loads_in_diffusers(tiny_dir, 
 
 def test_bake_names_modules_that_match_nothing(tiny_dir, tmp_path):
     stray = {"layers.99.attention.to_q": LoraModule(torch.zeros(2, 64), torch.zeros(64, 2), 2.0)}
-    with pytest.raises(UserError, match=r"match no weight of this model \(e\.g\. layers\.99\.attention\.to_q\)"):
+    with pytest.raises(
+        UserError, match=r"match no weight of this model \(e\.g\. layers\.99\.attention\.to_q\)"
+    ):
         bake(tiny_dir, [(stray, 1.0)], tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
 

@@ -66,7 +66,10 @@ def test_round_trip_through_each_format_keeps_every_delta(modules, fmt, tmp_path
 
 def test_kohya_names_keep_their_underscores(modules):
     keys = set(write_modules(modules, "kohya"))
-    assert "lora_unet_layers_0_attention_out.lora_down.weight" in keys
+    assert (
+        "lora_unet_layers_0_attention_to_out_0.lora_down.weight" in keys
+    )  # sd-scripts / musubi's split names
+    assert "lora_unet_layers_0_attention_to_q.lora_up.weight" in keys
     assert "lora_unet_layers_0_feed_forward_w1.lora_up.weight" in keys
     assert "lora_unet_noise_refiner_0_adaLN_modulation_0.alpha" in keys
     back = read_modules(write_modules(modules, "kohya"))
@@ -177,7 +180,7 @@ def _tensors_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["zlora", "diffusers", "kohya", "comfy", "comfy-fused"])
+@pytest.mark.parametrize("fmt", ["zlora", "diffusers", "comfy", "comfy-fused"])
 def test_a_reader_of_tensors_only_applies_the_original_delta(modules, fmt, transformer):
     tensors, _ = encode(modules, fmt)
     deltas = _tensors_only(tensors)
@@ -187,14 +190,14 @@ def test_a_reader_of_tensors_only_applies_the_original_delta(modules, fmt, trans
         for name, m in modules.items():
             torch.testing.assert_close(deltas[prefix + name], m.delta(), rtol=1e-6, atol=1e-7)
         return
-    # kohya / comfy: every key is a ComfyUI module; q/k/v arrive as one delta on the fused qkv weight
+    # comfy: every key is a ComfyUI module; q/k/v arrive as one delta on the fused qkv weight
     comfy_modules = {
         _comfy_name(n)
         for n, _ in transformer.named_modules()
         if n.split(".")[0] in ("layers", "noise_refiner", "context_refiner") and n.count(".") >= 2
     }
-    prefix = "lora_unet_" if fmt == "kohya" else "diffusion_model."
-    names = {(p.replace(".", "_") if fmt == "kohya" else p): p for p in comfy_modules}
+    prefix = "diffusion_model."
+    names = {p: p for p in comfy_modules}
     expected: dict[str, list] = {}
     for name, m in modules.items():
         expected.setdefault(_comfy_name(name), []).append((name, m.delta()))
@@ -205,6 +208,49 @@ def test_a_reader_of_tensors_only_applies_the_original_delta(modules, fmt, trans
         parts = sorted(expected.pop(module), key=lambda nd: order.get(nd[0].rsplit(".", 1)[-1], 0))
         torch.testing.assert_close(delta, torch.cat([d for _, d in parts]), rtol=1e-6, atol=1e-7)
     assert not expected, f"modules lost: {sorted(expected)[:3]}"
+
+
+def musubi_merge(weights: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], multiplier: float = 1.0):
+    """musubi-tuner's merge as its utils/lora_utils.py load_safetensors_with_lora_and_fp8 does it, tensors only:
+    for each model weight key ``X.weight`` it looks up ``lora_unet_`` + X with ``.`` as ``_`` (then X alone),
+    ``.lora_down/.lora_up.weight`` and ``.alpha`` (default: the rank), and adds multiplier x up @ down x alpha/rank.
+    Returns the merged weights and the LoRA keys it never used (musubi only warns about those)."""
+    unused, out = set(lora), {}
+    for key, w in weights.items():
+        if key.endswith(".weight"):
+            stem = key.rsplit(".", 1)[0]
+            for prefix in ("lora_unet_", ""):
+                name = prefix + stem.replace(".", "_")
+                down, up, alpha = name + ".lora_down.weight", name + ".lora_up.weight", name + ".alpha"
+                if down in unused and up in unused:
+                    dim = lora[down].shape[0]
+                    scale = float(lora.get(alpha, dim)) / dim
+                    w = w + multiplier * (lora[up].float() @ lora[down].float()) * scale
+                    unused -= {down, up, alpha}
+                    break
+        out[key] = w
+    return out, unused
+
+
+def test_musubi_tuner_applies_every_module_of_a_kohya_export(modules, transformer):
+    weights = {k: v.detach().float().clone() for k, v in transformer.state_dict().items()}
+    merged, unused = musubi_merge(weights, write_modules(modules, "kohya"))
+    assert not unused, f"musubi would drop: {sorted(unused)[:4]}"
+    for name, m in modules.items():
+        torch.testing.assert_close(
+            merged[name + ".weight"] - weights[name + ".weight"], m.delta(), rtol=1e-5, atol=1e-6
+        )
+    # the old export (ComfyUI's fused names) lost every attention module there: the reason for the split names
+    from zlora.lora.qkv import fuse
+
+    old = {}
+    for module, m in fuse(modules).items():
+        base = "lora_unet_" + module.replace(".", "_")
+        old[base + ".lora_down.weight"], old[base + ".lora_up.weight"] = m.A, m.B
+        old[base + ".alpha"] = torch.tensor(m.alpha)
+    _, unused_old = musubi_merge(weights, old)
+    assert any("attention_qkv" in k for k in unused_old)
+    assert set(read_modules(old)) == set(modules)  # and zlora still reads such files
 
 
 def test_old_split_kohya_names_still_read(modules):

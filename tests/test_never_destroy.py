@@ -237,7 +237,7 @@ def test_dangling_image_links_are_named_and_run_folders_are_never_training_image
 
 
 def test_a_second_trainer_on_one_run_folder_exits_2_naming_the_first_and_a_stale_lock_is_taken_over(
-    make_config, tmp_path, caplog
+    make_config, tmp_path, caplog, monkeypatch
 ):
     from zlora.errors import UserError
     from zlora.train.runlock import RunLock
@@ -246,6 +246,7 @@ def test_a_second_trainer_on_one_run_folder_exits_2_naming_the_first_and_a_stale
     cfg = make_config({"train": {"steps": 2}})
     first = Trainer(cfg)
     first.setup()
+    monkeypatch.setattr(RunLock, "GRACE_S", 0.2)
     try:
         with pytest.raises(UserError, match=rf"is being trained by process {os.getpid()} on "):
             Trainer(cfg).setup()
@@ -257,6 +258,23 @@ def test_a_second_trainer_on_one_run_folder_exits_2_naming_the_first_and_a_stale
     assert run_training(cfg).is_file()
     assert "took over the run folder lock of process 999999 on gone" in caplog.text
     assert not lock.info.exists() and not lock.path.exists()
+
+
+def test_a_lock_freed_within_the_grace_is_taken_kill_then_rerun(tmp_path):
+    """`kill -9` then the same command at once: the dying holder frees the lock a moment later; the new one waits."""
+    import threading
+
+    from zlora.runfolder import RunFolder
+    from zlora.train.runlock import RunLock
+
+    run = RunFolder(tmp_path, "j")
+    first, second = RunLock(run), RunLock(run)
+    first.acquire()
+    threading.Timer(0.5, first.release).start()
+    second.acquire()  # waits (GRACE_S 5 s) instead of refusing
+    assert json.loads(second.info.read_text())["pid"] == os.getpid()
+    second.release()
+    assert not second.path.exists()
 
 
 def test_a_second_zlora_train_process_is_refused_while_the_first_trains(make_config, tmp_path):

@@ -30,13 +30,17 @@ def register(sub) -> None:
         p.add_argument(
             "overrides", nargs="*", metavar="a.b=c", help="override settings, e.g. train.steps=100"
         )
-    p = add(
-        cfg,
-        "import",
-        "write the zlora config equivalent to an ai-toolkit job file",
-        cmd_config_import,
-        [WRITES],
+    text = "the noise levels a config trains at: sampling density and loss weight at t = 0, 50, ..., 1000"
+    p = add(cfg, "timesteps", text, cmd_config_timesteps)
+    p.add_argument("config", help="YAML config (zlora's or an ai-toolkit job)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="a.b=c", help="override settings, e.g. train.timestep_type=shift"
     )
+    p.add_argument(
+        "--json", action="store_true", help='print {"t": [...], "density": [...], "weight": [...]}'
+    )
+    text = "write the zlora config equivalent to an ai-toolkit job file"
+    p = add(cfg, "import", text, cmd_config_import, [WRITES])
     p.add_argument("job", help="ai-toolkit job YAML (job: extension, config.process[...])")
     p.add_argument("-o", "--output", required=True, help="the zlora config to write")
 
@@ -79,6 +83,23 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     from zlora.config import dump_config, load_config
 
     print(dump_config(load_config(args.config, args.overrides, check_files=False)), end="")
+    return 0
+
+
+def cmd_config_timesteps(args: argparse.Namespace) -> int:
+    """ai-toolkit's scale: t = 1000 is pure noise, t / 1000 the noise level s; density per unit of s."""
+    import json
+
+    from zlora.config import load_config
+    from zlora.train.curves import timestep_table
+
+    table = timestep_table(load_config(args.config, args.overrides, check_files=False).train)
+    if args.json:
+        print(json.dumps(table))
+        return 0
+    print(f"{'t':>5}  {'density':>8}  {'weight':>7}")
+    for t, d, w in zip(table["t"], table["density"], table["weight"], strict=True):
+        print(f"{t:>5}  {d:>8.4f}  {w:>7.4f}")
     return 0
 
 

@@ -93,6 +93,19 @@ class EmaConfig(Section):
     """shadow <- decay * shadow + (1 - decay) * weights after each step (decay warms up as (1+n)/(10+n))."""
 
 
+# train.lr_scheduler -> the lr_scheduler_params it takes (checked when the config is read, not at the first step)
+SCHEDULER_PARAMS = {
+    "constant": set(),
+    "constant_with_warmup": set(),
+    "linear": set(),
+    "linear_ramp": {"start_factor", "end_factor", "total_iters"},
+    "cosine": {"eta_min", "cosine_decay_steps"},
+    "cosine_with_restarts": {"num_cycles"},
+    "polynomial": {"power"},
+    "step": {"step_size", "gamma"},
+}
+
+
 class TrainConfig(Section):
     steps: int = Field(2000, ge=1, le=MAX_STEPS)
     """Optimizer steps to train (raise it and run again to train longer)."""
@@ -108,29 +121,55 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     """Decoupled weight decay of the optimizer (AdamW's ``weight_decay``)."""
     lr_scheduler: Literal[
-        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "step"
+        "constant",
+        "constant_with_warmup",
+        "linear",
+        "linear_ramp",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "step",
     ] = "constant"
-    """How the learning rate moves over the run: constant, linear to 0, cosine to 0, cosine with restarts,
-    polynomial, or step-wise (``lr_scheduler_params``)."""
+    """How the learning rate moves over the run: constant; linear to 0; ``linear_ramp`` (torch's LinearLR, what
+    ai-toolkit's ``linear`` is: from start_factor x lr to end_factor x lr over total_iters steps, default lr/3 to
+    lr over the run); cosine to eta_min; cosine with restarts; polynomial; step-wise (``lr_scheduler_params``)."""
     lr_warmup_steps: int = Field(0, ge=0)
-    """Linear warm-up steps (all schedulers except ``constant``)."""
+    """Linear warm-up steps (all schedulers except ``constant`` and ``linear_ramp``)."""
     lr_scheduler_params: dict[str, float | int] = Field(default_factory=dict)
-    """``num_cycles`` (cosine_with_restarts: hard restarts), ``power`` (polynomial), ``step_size`` and ``gamma``
-    (step: lr x gamma every step_size steps, default a third of the run and 0.5)."""
+    """Per scheduler (anything else is an error naming what it takes): cosine ``eta_min`` (the floor) and
+    ``cosine_decay_steps`` (steps of the descent after the warm-up; default: the rest of the run);
+    cosine_with_restarts ``num_cycles``; polynomial ``power``; step ``step_size`` and ``gamma`` (lr x gamma every
+    step_size steps, default a third of the run and 0.5); linear_ramp ``start_factor``, ``end_factor``,
+    ``total_iters``."""
+
+    @field_validator("lr_scheduler_params")
+    @classmethod
+    def _scheduler_params(cls, v: dict, info) -> dict:
+        name = info.data.get("lr_scheduler", "constant")
+        unknown = sorted(set(v) - SCHEDULER_PARAMS.get(name, set()))
+        if unknown:
+            takes = ", ".join(sorted(SCHEDULER_PARAMS.get(name, set()))) or "nothing"
+            raise ValueError(f"{unknown} do not apply to lr_scheduler {name}; it takes: {takes}")
+        return v
+
     gradient_accumulation: int = Field(1, ge=1)
     """Batches per optimizer step (effective batch = batch_size x gradient_accumulation); ``steps`` counts
     optimizer steps."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping norm; 0 disables clipping."""
-    timestep_type: Literal["linear", "sigmoid", "shift", "weighted"] = "sigmoid"
+    timestep_type: Literal["linear", "sigmoid", "shift", "weighted", "mid_weighted"] = "sigmoid"
     """How sigma is drawn: ``linear`` uniform; ``sigmoid`` logit-normal (mass in mid noise); ``shift`` uniform
-    then flow-shifted by ``timestep_shift`` (mass at high noise); ``weighted`` uniform, with each sample's loss
-    weighted by 6 s (1 - s) (mean 1: mid noise counts most, the ends least)."""
+    then flow-shifted by ``timestep_shift`` (mass at high noise); ``weighted`` uniform with each sample's loss
+    weighted as ai-toolkit's ``weighted`` does (its measured table: most at t = 600-960, up to 1.52; least at the
+    ends); ``mid_weighted`` uniform with the loss weighted by 6 s (1 - s) (mid noise most). `zlora config
+    timesteps` shows each."""
     timestep_shift: float = Field(3.0, gt=0)
     """Shift for ``timestep_type: shift``: s -> shift s / (1 + (shift - 1) s)."""
     timestep_bias: Literal["balanced", "high_noise", "low_noise"] = "balanced"
-    """``high_noise`` (s -> 1 - (1 - s)^2) favours composition and style; ``low_noise`` (s -> s^2) identity and
-    detail."""
+    """``high_noise`` (s -> 1 - (1 - s)^e) favours composition and style; ``low_noise`` (s -> s^e) identity and
+    detail (e = ``timestep_bias_exponent``; ai-toolkit's content / style are e = 3)."""
+    timestep_bias_exponent: float = Field(2.0, ge=1)
+    """How strongly ``timestep_bias`` leans (2: quadratic; ai-toolkit's content_or_style samples cubically, 3)."""
     min_timestep: int = Field(0, ge=0, le=1000)
     """Lowest timestep trained, on the scheduler's 0-1000 scale (sigma = t / 1000)."""
     max_timestep: int = Field(1000, ge=1, le=1000)

@@ -6,9 +6,9 @@ recognise its keys, and how to read it into the canonical form (``modules.py``) 
 - ``diffusers``: ``transformer.<module>.lora_A/B.weight`` (also ``base_model.model.`` prefixes from peft). B is
   written already multiplied by alpha/rank and alpha = rank goes in the ``lora_adapter_metadata`` header, so a
   reader that sees the tensors only (ComfyUI) applies the same delta as diffusers.
-- ``kohya``: ``lora_unet_<module with _>.lora_down/up.weight`` + ``.alpha`` (musubi-tuner, sd-scripts), with
-  attention named after ComfyUI's modules: fused ``attention_qkv`` and ``attention_out`` (split ``to_q`` ...
-  names are read too).
+- ``kohya``: ``lora_unet_<module with _>.lora_down/up.weight`` + ``.alpha`` (musubi-tuner, sd-scripts), with the
+  split names their merges look up (``lora_unet_layers_0_attention_to_q`` ... ``_to_out_0``, ``_feed_forward_w1``:
+  the weight key with ``.`` as ``_``); ComfyUI's fused ``attention_qkv`` / ``attention_out`` are read too.
 - ``comfy-fused`` (alias ``comfy``): like zlora, with q/k/v fused into ``attention.qkv`` and ``to_out.0`` named
   ``attention.out``: every patch is keyed by a whole ComfyUI weight, so its bypass loader takes all of it.
 - ``foreign``: with ``--allow-foreign``, a LoRA for another model is read and written with its keys as they are.
@@ -182,7 +182,10 @@ class Diffusers(Codec):
 
 class Kohya(Codec):
     name, label, aliases = "kohya", "kohya (musubi-tuner, sd-scripts)", ("musubi",)
-    prefix, down_up, fused = "lora_unet_", True, True
+    prefix, down_up = "lora_unet_", True
+
+    def read(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, LoraModule]:
+        return unfuse(super().read(tensors, metadata))  # files written with ComfyUI's fused names still load
 
     def detect(self, keys: list[str]) -> bool:
         return any(k.startswith("lora_unet_") for k in keys)
@@ -238,8 +241,8 @@ CONSUMERS = [
     ("ComfyUI, bypass LoRA loader", "`comfy` (= `comfy-fused`)",
      "it patches whole weights only: q/k/v must be the fused `attention.qkv`"),
     ("kohya-style tools (musubi-tuner, sd-scripts)", "`kohya`",
-     "`lora_unet_*` + `lora_down/up` + `.alpha`; attention as ComfyUI names it (`attention_qkv`, `attention_out`), "
-     "so ComfyUI loads it fully too"),
+     "`lora_unet_*` + `lora_down/up` + `.alpha` with the split names their merges look up (`attention_to_q` ... "
+     "`attention_to_out_0`, `feed_forward_w1`): musubi-tuner applies every module"),
 ]  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from zlora.config import Config
 from zlora.config.schema import TrainConfig
 from zlora.models import zimage
+from zlora.train.curves import AITK_WEIGHTED_KNOTS
 
 
 @dataclass
@@ -26,8 +27,17 @@ class Batch:
 
 
 def loss_weights(cfg: TrainConfig, sigmas: torch.Tensor) -> torch.Tensor:
-    """Per-sample loss weights: 6 s (1 - s) for ``weighted`` (mean 1 over uniform s), else 1."""
+    """Per-sample loss weights: ai-toolkit's table for ``weighted`` (``curves.AITK_WEIGHTED_KNOTS``, linearly
+    interpolated on the device: no host sync), 6 s (1 - s) for ``mid_weighted`` (mean 1 over uniform s), else 1."""
     if cfg.timestep_type == "weighted":
+        knots = torch.tensor(
+            AITK_WEIGHTED_KNOTS, dtype=torch.float32, device=sigmas.device
+        )  # (K, 2): t, weight
+        t = (sigmas.float() * 1000).clamp(AITK_WEIGHTED_KNOTS[0][0], AITK_WEIGHTED_KNOTS[-1][0])
+        hi = torch.searchsorted(knots[:, 0].contiguous(), t).clamp(1, len(knots) - 1)
+        t0, t1, w0, w1 = knots[hi - 1, 0], knots[hi, 0], knots[hi - 1, 1], knots[hi, 1]
+        return w0 + (w1 - w0) * (t - t0) / (t1 - t0)
+    if cfg.timestep_type == "mid_weighted":
         return 6 * sigmas * (1 - sigmas)
     return torch.ones_like(sigmas)
 

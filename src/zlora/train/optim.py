@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 
-from zlora.config.schema import TrainConfig
+from zlora.config.schema import SCHEDULER_PARAMS, TrainConfig
 from zlora.errors import UserError
 
 # name -> (module, class, pip package, needs CUDA)
@@ -43,42 +44,44 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
         raise UserError(f"`train.optimizer_params` for {cfg.optimizer}: {e}") from None
 
 
-# train.lr_scheduler -> the lr_scheduler_params it takes
-SCHEDULERS = {
-    "constant": set(),
-    "constant_with_warmup": set(),
-    "linear": set(),
-    "cosine": set(),
-    "cosine_with_restarts": {"num_cycles"},
-    "polynomial": {"power"},
-    "step": {"step_size", "gamma"},
-}
+# train.lr_scheduler -> the lr_scheduler_params it takes (validated when the config is read)
+SCHEDULERS = SCHEDULER_PARAMS
 
 
 def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
-    """diffusers' schedules (warm-up, num_cycles, power come from the config alone: no code edits for restarts);
-    ``step`` multiplies the lr by gamma every step_size steps after the warm-up."""
-    params = dict(cfg.lr_scheduler_params)
-    allowed = SCHEDULERS[cfg.lr_scheduler]
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise UserError(
-            f"`train.lr_scheduler_params` {unknown} do not apply to {cfg.lr_scheduler}; "
-            f"it takes: {', '.join(sorted(allowed)) or 'nothing'}"
-        )
-    if cfg.lr_scheduler == "step":
-        return _warmup_then_step(
+    """The LR schedule. diffusers' schedules where they are the formula (warm-up, num_cycles, power come from the
+    config alone); torch's LinearLR for ``linear_ramp`` (ai-toolkit's ``linear``); a cosine with a floor and its
+    own descent length (ai-toolkit's ``cosine``) when ``eta_min`` / ``cosine_decay_steps`` are given; ``step``
+    multiplies the lr by gamma every step_size steps after the warm-up."""
+    params, warmup = dict(cfg.lr_scheduler_params), cfg.lr_warmup_steps
+    name = cfg.lr_scheduler
+    if name == "step":
+        step_size = int(params.get("step_size", max(1, total_steps // 3)))
+        return _warmup_then_step(optimizer, warmup, step_size, float(params.get("gamma", 0.5)))
+    if name == "linear_ramp":  # torch's LinearLR, as ai-toolkit builds it (total_iters: the run)
+        return torch.optim.lr_scheduler.LinearLR(
             optimizer,
-            cfg.lr_warmup_steps,
-            int(params.get("step_size", max(1, total_steps // 3))),
-            float(params.get("gamma", 0.5)),
+            start_factor=float(params.get("start_factor", 1 / 3)),
+            end_factor=float(params.get("end_factor", 1.0)),
+            total_iters=int(params.get("total_iters", total_steps)),
         )
+    if name == "cosine" and params:
+        floor = float(params.get("eta_min", 0.0)) / cfg.lr
+        decay = max(1, int(params.get("cosine_decay_steps", total_steps - warmup)))
+
+        def cosine(step: int) -> float:
+            if step < warmup:
+                return step / max(1, warmup)
+            progress = min(1.0, (step - warmup) / decay)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return _lambda(optimizer, cosine)
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(
-        cfg.lr_scheduler,
+        name,
         optimizer,
-        num_warmup_steps=cfg.lr_warmup_steps,
+        num_warmup_steps=warmup,
         num_training_steps=total_steps,
         num_cycles=int(params.get("num_cycles", 1)),
         power=float(params.get("power", 1.0)),
@@ -91,4 +94,8 @@ def _warmup_then_step(optimizer, warmup: int, step_size: int, gamma: float):
             return (step + 1) / warmup
         return gamma ** ((step - warmup) // step_size)
 
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _lambda(optimizer, factor):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

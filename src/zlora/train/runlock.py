@@ -34,6 +34,10 @@ def check_run_folder(run: RunFolder) -> None:
 
 
 class RunLock:
+    # A holder killed a moment ago may not have exited yet (a kill -9 waits until a worker's fsync returns),
+    # so "kill, then run the same command again" waits this long for the OS to free the lock before refusing.
+    GRACE_S = 5.0
+
     def __init__(self, run: RunFolder):
         self.run = run
         self.path = run.root.parent / f".{run.name}.lock"
@@ -44,7 +48,7 @@ class RunLock:
         from filelock import FileLock, Timeout
 
         make_dirs(self.path.parent)
-        lock = FileLock(str(self.path), timeout=0)
+        lock = FileLock(str(self.path), timeout=self.GRACE_S, poll_interval=0.1)
         try:
             lock.acquire()
         except Timeout:
@@ -75,9 +79,13 @@ class RunLock:
         if self._lock is None:
             return
         self.info.unlink(missing_ok=True)
-        self._lock.release()
-        self._lock = None
-        try:  # nobody waits on it (timeout 0), so the file can go
+        # Unlinked while still held: a trainer waiting on it then locks a deleted file, which filelock (>= 4.3)
+        # notices and re-opens the path. Unlinked after the release, a waiter could hold the deleted file's lock
+        # while a third trainer locks a new file of the same name. Windows cannot unlink an open file;
+        # filelock removes it there on release.
+        try:
             self.path.unlink()
         except OSError:
             pass
+        self._lock.release()
+        self._lock = None

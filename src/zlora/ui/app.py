@@ -28,6 +28,7 @@ from zlora.config.presets import ARCH_PRESETS, TURBO_ADAPTERS, sampling_defaults
 from zlora.config.schema import Config
 from zlora.errors import UserError
 from zlora.lora.codecs import CODECS
+from zlora.train.curves import timestep_table
 from zlora.ui import datasets, form, jobs, loratools, tasks
 from zlora.ui.runner import Runner
 from zlora.ui.store import JobStore
@@ -186,11 +187,13 @@ def create_app(
 
     @app.post("/api/config/resolve")
     def resolve(body: ConfigBody) -> dict:
-        """The config with every default and arch preset filled in, or the per-field problems."""
+        """The config with every default and arch preset filled in (and the noise levels it trains at, as
+        `zlora config timesteps` prints them), or the per-field problems."""
         cfg, problems = validate(form.with_ui_defaults(body.config, data_dir))
         return {
             "config": cfg.model_dump(mode="json") if cfg else None,
             "yaml": dump_config(cfg) if cfg else None,
+            "timesteps": timestep_table(cfg.train) if cfg else None,
             "errors": [{"loc": loc, "msg": msg} for loc, msg in problems],
         }
 

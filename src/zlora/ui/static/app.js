@@ -199,6 +199,9 @@ async function newJobPage() {
       }
       panels.append(box);
     }
+    $("#panel-training")?.append(el("div", {class: "field", "data-path": "train.timesteps"},
+      el("label", {}, "Noise levels trained (t = 1000 is pure noise)"), el("canvas", {id: "timestep-curve", width: 330, height: 130}),
+      el("div", {class: "help"}, "blue: how often each noise level is drawn; orange: its loss weight (zlora config timesteps)")));
   }
 
   function showErrors(errors) {
@@ -220,6 +223,7 @@ async function newJobPage() {
     if (rerender || archChanged || !panels.childElementCount) render();
     else if (resolved) syncValues();
     showErrors(r.errors);
+    if (r.timesteps) drawTimesteps($("#timestep-curve"), r.timesteps);
     $("#submit").disabled = false;
     refreshYaml();
   }
@@ -306,6 +310,22 @@ function drawLoss(canvas, rows) {
     series.forEach((y, i) => (i ? ctx.lineTo(X(xs[i]), Y(y)) : ctx.moveTo(X(xs[i]), Y(y)))); ctx.stroke();
   }
   ctx.lineWidth = 1; ctx.fillStyle = "#5aa9ff"; ctx.fillText("loss (raw, smoothed)", W - 170, 14);
+}
+
+function drawTimesteps(canvas, table) {   // the sampling density and the loss weight over t (zlora config timesteps)
+  if (!canvas) return;
+  const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, pad = 18;
+  ctx.clearRect(0, 0, W, H);
+  const top = Math.max(1.6, ...table.density, ...table.weight);
+  const X = (t) => pad + t / 1000 * (W - 2 * pad), Y = (v) => H - pad - v / top * (H - 2 * pad);
+  ctx.strokeStyle = "#2c333d"; ctx.beginPath(); ctx.moveTo(pad, pad / 2); ctx.lineTo(pad, H - pad); ctx.lineTo(W - pad / 2, H - pad); ctx.stroke();
+  ctx.fillStyle = "#8b95a3"; ctx.font = "10px sans-serif"; ctx.fillText("0", pad - 3, H - 5); ctx.fillText("t 1000", W - pad - 24, H - 5);
+  ctx.fillText(top.toFixed(1), 0, pad);
+  for (const [series, color] of [[table.density, "#5aa9ff"], [table.weight, "#f0a35a"]]) {
+    ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.beginPath();
+    series.forEach((v, i) => (i ? ctx.lineTo(X(table.t[i]), Y(v)) : ctx.moveTo(X(table.t[i]), Y(v)))); ctx.stroke();
+  }
+  ctx.lineWidth = 1;
 }
 
 function zoom(src, caption) { $("#modal-img").src = src; $("#modal-caption").textContent = caption; $("#modal").classList.remove("hidden"); }
