@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,3 +77,25 @@ def make_config(tmp_path, dataset_dir, tiny_dir):
         return data if as_dict else parse_config(data)
 
     return make
+
+
+@pytest.fixture
+def browser():
+    """A headless Chromium (Debian's chromium + chromium-driver) driven by Selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = shutil.which("chromium")
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1360,900",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    yield driver
+    driver.quit()

@@ -81,7 +81,8 @@ def test_every_name_table_matches_its_literal():
     from zlora.config.schema import ModelConfig, SaveConfig, TrainConfig
     from zlora.models.load import DTYPES
     from zlora.train.network import NETWORKS
-    from zlora.train.optim import OPTIMIZERS, SCHEDULERS
+    from zlora.train.optim import SCHEDULERS
+    from zlora.train.optimizers import OPTIMIZERS
     from zlora.train.trainer import SAVE_DTYPES
 
     assert _literal(TrainConfig, "optimizer") == set(OPTIMIZERS)

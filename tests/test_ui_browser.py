@@ -6,79 +6,14 @@ With ZLORA_SCREENSHOTS=1 the README's screenshots are written to docs/screenshot
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from pathlib import Path
 
-import pytest
+from browser import choose, needs_browser, shot, type_into, wait  # noqa: F401 - the fixture
 from uiserver import UIServer
 
 from conftest import REPO
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="needs Debian's chromium and chromium-driver (make test installs them as root)",
-)
-
-
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1360,900",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
-    yield driver
-    driver.quit()
-
-
-def _wait(cond, timeout: float = 120.0, what: str = ""):
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            value = cond()
-            if value:
-                return value
-        except Exception:  # the element is being re-rendered
-            pass
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _set(driver, field_id: str, value: str) -> None:
-    """Type into a field the way a user does (then leave it, which fires its change event)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-
-    def typed():
-        e = driver.find_element(By.ID, field_id)
-        e.clear()
-        e.send_keys(value + Keys.TAB)
-        return True
-
-    _wait(typed, 10, field_id)
-    time.sleep(0.4)  # the form resolves the config (debounced) and may re-render
-
-
-def _shot(driver, name: str, tmp_path: Path) -> None:
-    folder = REPO / "docs" / "screenshots" if os.environ.get("ZLORA_SCREENSHOTS") else tmp_path
-    folder.mkdir(parents=True, exist_ok=True)
-    driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
-    time.sleep(0.3)
-    driver.save_screenshot(str(folder / f"{name}.png"))
+pytestmark = needs_browser
 
 
 def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
@@ -88,29 +23,28 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
     d = browser
     try:
         d.get(server.url + "/#/new")
-        _wait(lambda: d.find_element(By.ID, "f-job-name"), 20, "the form")
-        _set(d, "f-job-name", "browser1")
-        _set(d, "f-job-trigger_word", "zlr")
-        _set(d, "f-job-device", "cpu")
-        _set(d, "f-model-name_or_path", "builtin:tiny")
-        d.find_element(By.CSS_SELECTOR, "#f-model-dtype option[value=fp32]").click()
-        time.sleep(0.4)
-        _set(d, "f-network-linear", "4")
-        _set(d, "f-network-linear_alpha", "4")
-        _set(d, "f-train-steps", "16")
-        _set(d, "f-train-batch_size", "2")
-        _set(d, "f-save-save_every", "8")
-        _set(d, "f-datasets-0-folder_path", str(REPO / "examples" / "shapes"))
-        _set(d, "f-datasets-0-resolution", "64")
-        _set(d, "f-sample-sample_every", "8")
-        _set(d, "f-sample-width", "64")
-        _set(d, "f-sample-height", "64")
-        _set(d, "f-sample-sample_steps", "2")
+        wait(lambda: d.find_element(By.ID, "f-job-name"), 20, "the form")
+        type_into(d, "f-job-name", "browser1")
+        type_into(d, "f-job-trigger_word", "zlr")
+        type_into(d, "f-job-device", "cpu")
+        type_into(d, "f-model-name_or_path", "builtin:tiny")
+        choose(d, "f-model-dtype", "fp32")
+        type_into(d, "f-network-linear", "4")
+        type_into(d, "f-network-linear_alpha", "4")
+        type_into(d, "f-train-steps", "16")
+        type_into(d, "f-train-batch_size", "2")
+        type_into(d, "f-save-save_every", "8")
+        type_into(d, "f-datasets-0-folder_path", str(REPO / "examples" / "shapes"))
+        type_into(d, "f-datasets-0-resolution", "64")
+        type_into(d, "f-sample-sample_every", "8")
+        type_into(d, "f-sample-width", "64")
+        type_into(d, "f-sample-height", "64")
+        type_into(d, "f-sample-sample_steps", "2")
         prompts = d.find_element(By.ID, "f-sample-prompts")
         prompts.send_keys("a red circle\nzlr, a yellow square")
         d.find_element(By.ID, "f-job-name").click()  # leave the textarea: its change event fires
         time.sleep(0.5)
-        assert _wait(
+        assert wait(
             lambda: (
                 not d.find_element(By.ID, "form-errors").text.strip()
                 and not d.find_elements(By.CSS_SELECTOR, ".field.invalid")
@@ -118,18 +52,18 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
             10,
             "a valid form",
         )
-        _shot(d, "new-job", tmp_path)
+        shot(d, "new-job", tmp_path)
 
         # "Show Advanced": the YAML is the form's config; an edit there comes back into the form
         d.find_element(By.ID, "toggle-advanced").click()
         yaml_box = d.find_element(By.ID, "yaml")
-        text = _wait(lambda: yaml_box.get_attribute("value"), 10, "the YAML")
+        text = wait(lambda: yaml_box.get_attribute("value"), 10, "the YAML")
         assert "name: browser1" in text and "name_or_path: builtin:tiny" in text and "steps: 16" in text
         d.execute_script(
             "arguments[0].value = arguments[0].value.replace('steps: 16', 'steps: 18')", yaml_box
         )
         d.find_element(By.ID, "yaml-apply").click()
-        _wait(
+        wait(
             lambda: d.find_element(By.ID, "f-train-steps").get_attribute("value") == "18",
             10,
             "steps 18 in the form",
@@ -137,10 +71,10 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
         assert d.find_element(By.ID, "f-model-name_or_path").get_attribute("value") == "builtin:tiny"
 
         d.find_element(By.ID, "submit").click()
-        _wait(lambda: "#/jobs/" in d.current_url, 20, "the job page")
-        _wait(lambda: d.find_element(By.ID, "job-status").text == "done", 180, "the job to finish")
+        wait(lambda: "#/jobs/" in d.current_url, 20, "the job page")
+        wait(lambda: d.find_element(By.ID, "job-status").text == "done", 180, "the job to finish")
         assert d.find_element(By.ID, "stat-step").text == "18 / 18"
-        _wait(
+        wait(
             lambda: d.execute_script(
                 "const c = document.getElementById('loss-chart'); const px = c.getContext('2d')"
                 ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
@@ -149,13 +83,20 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
             20,
             "the loss graph",
         )
-        img = _wait(
+        img = wait(
             lambda: d.find_element(By.CSS_SELECTOR, "#gallery .row[data-step='18'] img"), 20, "a sample"
         )
-        assert _wait(lambda: d.execute_script("return arguments[0].naturalWidth", img) == 64, 10, "the image")
-        assert len(d.find_elements(By.CSS_SELECTOR, "#compare img")) == 4  # step 0 vs 18, two prompts each
+        assert wait(lambda: d.execute_script("return arguments[0].naturalWidth", img) == 64, 10, "the image")
+        # watched live from step 0 on, the comparison moved on with the run: step 0 vs the newest
+        assert [b.text for b in d.find_elements(By.CSS_SELECTOR, "#compare .col b")] == ["step 0", "step 18"]
+        assert len(d.find_elements(By.CSS_SELECTOR, "#compare img")) == 4  # two prompts each
+        rows = d.find_elements(By.CSS_SELECTOR, "#gallery .row span.prompt")
+        assert [r.text for r in rows] == [
+            "a red circle",
+            "zlr, a yellow square",
+        ]  # the prompt, not its number
         d.find_element(By.CSS_SELECTOR, "#gallery-steps button[data-step='8']").click()
-        _wait(
+        wait(
             lambda: d.find_elements(By.CSS_SELECTOR, "#gallery .row[data-step='8'] img"),
             10,
             "step 8's previews",
@@ -163,39 +104,43 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
         img = d.find_element(By.CSS_SELECTOR, "#gallery .row[data-step='8'] img")
         img.click()
         assert "hidden" not in d.find_element(By.ID, "modal").get_attribute("class")
-        d.find_element(By.ID, "modal").click()
+        assert "a red circle" in d.find_element(By.ID, "modal-caption").text
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        ActionChains(d).send_keys(Keys.ESCAPE).perform()
+        wait(lambda: "hidden" in d.find_element(By.ID, "modal").get_attribute("class"), 5, "Escape to close")
         links = lambda: [a.text for a in d.find_elements(By.CSS_SELECTOR, "#files a")]  # noqa: E731
-        assert _wait(lambda: "browser1.safetensors" in links(), 10, "the download links")
-        _shot(d, "job", tmp_path)
+        assert wait(lambda: "browser1.safetensors" in links(), 10, "the download links")
+        shot(d, "job", tmp_path)
 
         # duplicate as a new job, stop it mid-way, resume it
         d.find_element(By.CSS_SELECTOR, "button[data-action=duplicate]").click()
-        _wait(
+        wait(
             lambda: d.find_element(By.ID, "f-job-name").get_attribute("value") == "browser1-2", 20, "the copy"
         )
-        _set(d, "f-train-steps", "400")
-        _set(d, "f-save-save_every", "4")
-        _set(d, "f-sample-sample_every", "1000")
+        type_into(d, "f-train-steps", "400")
+        type_into(d, "f-save-save_every", "4")
+        type_into(d, "f-sample-sample_every", "1000")
         d.find_element(By.ID, "submit").click()
-        _wait(
+        wait(
             lambda: "#/jobs/" in d.current_url and d.find_element(By.ID, "job-status").text == "running",
             60,
             "the copy to run",
         )
-        _wait(lambda: int(d.find_element(By.ID, "stat-step").text.split(" / ")[0]) >= 5, 60, "a few steps")
+        wait(lambda: int(d.find_element(By.ID, "stat-step").text.split(" / ")[0]) >= 5, 60, "a few steps")
         d.find_element(By.CSS_SELECTOR, "button[data-action=stop]").click()
-        _wait(lambda: d.find_element(By.ID, "job-status").text == "stopped", 60, "the stop")
+        wait(lambda: d.find_element(By.ID, "job-status").text == "stopped", 60, "the stop")
+        assert d.find_element(By.ID, "stat-eta").text == "–"  # a stopped job has no ETA
         at = int(d.find_element(By.ID, "stat-step").text.split(" / ")[0])
         d.find_element(By.CSS_SELECTOR, "button[data-action=resume]").click()
-        _wait(
-            lambda: int(d.find_element(By.ID, "stat-step").text.split(" / ")[0]) > at + 3, 90, "training on"
-        )
-        _wait(lambda: "resumed from" in d.find_element(By.ID, "log").text, 20, "the resume in the log")
+        wait(lambda: int(d.find_element(By.ID, "stat-step").text.split(" / ")[0]) > at + 3, 90, "training on")
+        wait(lambda: "resumed from" in d.find_element(By.ID, "log").text, 20, "the resume in the log")
         d.get(server.url + "/#/jobs")
-        _wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#jobs tr[data-id]")) == 2, 10, "the job list")
-        _shot(d, "jobs", tmp_path)
+        wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#jobs tr[data-id]")) == 2, 10, "the job list")
+        shot(d, "jobs", tmp_path)
         d.find_element(By.CSS_SELECTOR, "#jobs tr[data-id='2'] button[data-action=stop]").click()
-        _wait(
+        wait(
             lambda: "stopped" in d.find_element(By.CSS_SELECTOR, "#jobs tr[data-id='2']").text, 60, "stopped"
         )
     finally:
@@ -221,7 +166,7 @@ sample: {{sample_every: 2, prompts: ["a red zlr on a blue background", "a red ci
         assert status == 200, job
         server.wait_job(job["id"], lambda j: j["status"] == "done", 180)
         browser.get(f"{server.url}/#/jobs/{job['id']}")
-        rows = _wait(
+        rows = wait(
             lambda: browser.find_elements(By.CSS_SELECTOR, "#judge table tbody tr"), 20, "the judge table"
         )
         cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows]

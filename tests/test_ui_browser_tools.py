@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
+from browser import needs_browser, shot, type_into, wait  # noqa: F401 - the fixture
 from hubserver import FakeHub
 from PIL import Image
 from safetensors.torch import save_file
-from test_ui_browser import CHROMIUM, DRIVER, _set, _shot, _wait, browser  # noqa: F401 - the fixture
 from uiserver import UIServer
 
 from zlora.lora.codecs import write_modules
 from zlora.lora.modules import LoraModule
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver"
-)
+pytestmark = needs_browser
 
 
 def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_dir):  # noqa: F811
@@ -42,20 +39,20 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
     try:
         # ---- datasets
         d.get(server.url + "/#/datasets")
-        _set(d, "ds-name", "shapes")
+        type_into(d, "ds-name", "shapes")
         d.find_element(By.ID, "ds-create").click()
-        _wait(lambda: d.find_element(By.ID, "ds-files"), 10, "the upload field")
+        wait(lambda: d.find_element(By.ID, "ds-files"), 10, "the upload field")
         d.find_element(By.ID, "ds-files").send_keys("\n".join(files))
-        _wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#ds-grid .ds-item")) == 3, 20, "three images")
+        wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#ds-grid .ds-item")) == 3, 20, "three images")
         box = d.find_element(By.CSS_SELECTOR, "textarea[data-image='shape1.png']")
         box.send_keys("a blue square")
-        _wait(
+        wait(
             lambda: "saved" in d.find_element(By.CSS_SELECTOR, ".ds-item[data-name='shape1.png']").text,
             10,
             "saved",
         )
         d.refresh()
-        _wait(
+        wait(
             lambda: (
                 d.find_element(By.CSS_SELECTOR, "textarea[data-image='shape1.png']").get_attribute("value")
                 == "a blue square"
@@ -65,7 +62,7 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
         )
         d.find_element(By.CSS_SELECTOR, "#bulk-action option[value=insert_trigger]").click()
         d.find_element(By.ID, "bulk-apply").click()
-        _wait(
+        wait(
             lambda: (
                 d.find_element(By.CSS_SELECTOR, "textarea[data-image='shape0.png']").get_attribute("value")
                 == "[trigger], a red square"
@@ -76,7 +73,7 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
         assert (
             tmp_path / "ui" / "datasets" / "shapes" / "shape1.txt"
         ).read_text().strip() == "[trigger], a blue square"
-        _shot(d, "datasets", tmp_path)
+        shot(d, "datasets", tmp_path)
 
         # ---- LoRA tools
         g = torch.Generator().manual_seed(0)
@@ -90,43 +87,43 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
         }
         save_file(write_modules(modules, "zlora"), str(lora))
         d.get(server.url + "/#/loras")
-        _wait(lambda: d.find_element(By.ID, "lora-upload"), 10, "the LoRA tools page")
+        wait(lambda: d.find_element(By.ID, "lora-upload"), 10, "the LoRA tools page")
         d.find_element(By.ID, "lora-upload").send_keys(str(lora))
-        _wait(
+        wait(
             lambda: "mine.safetensors" in d.find_element(By.ID, "lora-pick").text,
             10,
             "the upload in the list",
         )
         d.find_element(By.ID, "lora-inspect").click()
-        _wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#lora-heat tr")) == 3, 20, "the heat map")
+        wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#lora-heat tr")) == 3, 20, "the heat map")
         d.execute_script(
             "const s = document.getElementById('s-qk'); s.value = 0.5; s.dispatchEvent(new Event('input'))"
         )
         d.find_element(By.ID, "lora-scale").click()
-        _wait(
+        wait(
             lambda: len(d.find_elements(By.CSS_SELECTOR, "#lora-result .result")) == 1, 20, "the scaled file"
         )
         d.find_element(By.CSS_SELECTOR, "#lora-to option[value=comfy-fused]").click()
         d.find_element(By.ID, "lora-convert").click()
-        _wait(
+        wait(
             lambda: "zlora -> comfy-fused" in d.find_element(By.ID, "lora-result").text,
             20,
             "the converted file",
         )
-        _shot(d, "lora-tools", tmp_path)
+        shot(d, "lora-tools", tmp_path)
 
         # ---- models
         d.get(server.url + "/#/models")
-        _set(d, "set-endpoint", "not a url")
+        type_into(d, "set-endpoint", "not a url")
         d.find_element(By.ID, "set-save").click()
-        _wait(lambda: "is not a URL" in d.find_element(By.ID, "models-msg").text, 10, "the endpoint error")
-        _set(d, "set-endpoint", url)
-        _set(d, "set-models-dir", str(tmp_path / "models"))
+        wait(lambda: "is not a URL" in d.find_element(By.ID, "models-msg").text, 10, "the endpoint error")
+        type_into(d, "set-endpoint", url)
+        type_into(d, "set-models-dir", str(tmp_path / "models"))
         d.find_element(By.ID, "set-save").click()
-        _wait(lambda: url in d.find_element(By.ID, "set-effective").text, 10, "the saved endpoint")
-        _set(d, "pull-ref", "org/tiny-zimage")
+        wait(lambda: url in d.find_element(By.ID, "set-effective").text, 10, "the saved endpoint")
+        type_into(d, "pull-ref", "org/tiny-zimage")
         d.find_element(By.ID, "pull").click()
-        _wait(
+        wait(
             lambda: (
                 d.find_element(By.CSS_SELECTOR, ".task[data-id='1']").get_attribute("data-status") == "done"
             ),
@@ -134,14 +131,14 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
             "the pull",
         )
         assert d.find_element(By.CSS_SELECTOR, ".task[data-id='1'] progress").get_attribute("value") == "100"
-        _wait(lambda: "org/tiny-zimage" in d.find_element(By.ID, "models").text, 10, "the pulled model")
-        _shot(d, "models", tmp_path)
+        wait(lambda: "org/tiny-zimage" in d.find_element(By.ID, "models").text, 10, "the pulled model")
+        shot(d, "models", tmp_path)
 
         # ---- generate
         d.get(server.url + "/#/generate")
         value = lambda i: d.find_element(By.ID, i).get_attribute("value")  # noqa: E731
         # builtin:shapes is the default, with its own sampling settings; builtin:tiny brings Turbo's
-        assert _wait(
+        assert wait(
             lambda: (
                 [value(i) for i in ("gen-model", "gen-steps", "gen-guidance", "gen-width")]
                 == ["builtin:shapes", "20", "1", "64"]
@@ -149,18 +146,18 @@ def test_datasets_lora_tools_models_and_generate_pages(browser, tmp_path, tiny_d
             10,
             "builtin:shapes' settings",
         )
-        _set(d, "gen-model", "builtin:tiny")
+        type_into(d, "gen-model", "builtin:tiny")
         assert [value(i) for i in ("gen-steps", "gen-width")] == ["9", "1024"]
-        _set(d, "gen-prompt", "a red square")
-        _set(d, "gen-steps", "2")
-        _set(d, "gen-width", "32")
-        _set(d, "gen-height", "32")
+        type_into(d, "gen-prompt", "a red square")
+        type_into(d, "gen-steps", "2")
+        type_into(d, "gen-width", "32")
+        type_into(d, "gen-height", "32")
         d.find_element(By.ID, "gen-run").click()
-        img = _wait(lambda: d.find_element(By.ID, "gen-image"), 120, "the image")
-        assert _wait(
+        img = wait(lambda: d.find_element(By.ID, "gen-image"), 120, "the image")
+        assert wait(
             lambda: d.execute_script("return arguments[0].naturalWidth", img) == 32, 10, "a 32 px image"
         )
-        _shot(d, "generate", tmp_path)
+        shot(d, "generate", tmp_path)
     finally:
         server.kill()
         hub.stop()

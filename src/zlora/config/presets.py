@@ -45,3 +45,62 @@ TURBO_ADAPTERS = {
     f"v{v}": f"ostris/zimage_turbo_training_adapter/zimage_turbo_training_adapter_v{v}.safetensors"
     for v in (1, 2)
 }
+
+
+# What the web form's New Training Job starts from (a field the user sets wins; the config file's own defaults
+# stay the schema's). For a real model: the training guide's baseline for a Turbo LoRA (its sections 6 and 7:
+# Turbo + training adapter v2, rank 16, lr 1e-4, 2,500 steps, AdamW8Bit, weighted timesteps, 512/768/1024 with
+# cached latents and text embeddings, 1024² previews every 250 steps; 8 sampling steps is Turbo's 9 here, where
+# steps count scheduler steps). ``datasets.*`` applies to every dataset.
+GUIDE_BASELINE = {
+    "model.arch": "zimage:turbo",
+    "network.linear": 16,
+    "network.linear_alpha": 16,
+    "train.lr": 1e-4,
+    "train.steps": 2500,
+    "train.optimizer": "adamw8bit",
+    "train.weight_decay": 1e-4,
+    "train.timestep_type": "weighted",
+    "train.cache_text_embeddings": True,
+    "datasets.*.resolution": [512, 768, 1024],
+    "datasets.*.cache_latents": True,
+    "sample.width": 1024,
+    "sample.height": 1024,
+    "sample.sample_every": 250,
+}
+# builtin:shapes keeps its own small world: configs/quickstart.yaml's settings (64 px, 400 steps).
+SHAPES_BASELINE = {
+    "model.dtype": "fp32",
+    "network.linear": 8,
+    "network.linear_alpha": 8,
+    "train.steps": 400,
+    "train.batch_size": 8,
+    "train.lr": 5e-3,
+    "train.timestep_type": "shift",
+    "train.gradient_checkpointing": False,
+    "datasets.*.resolution": [64],
+    "datasets.*.cache_latents": True,
+    "sample.width": 64,
+    "sample.height": 64,
+    "sample.sample_every": 100,
+    "sample.sample_steps": 20,
+    "sample.guidance_scale": 1.0,
+    "save.save_every": 100,
+}
+QUANTIZE_BELOW_GIB = 24  # the guide: float8 at 16 GB, bf16 (no quantization) from 24 GB up
+
+
+def new_job_defaults(name_or_path: str | None, cuda: bool, memory_gib: float | None) -> dict:
+    """The New Training Job form's starting values for this base model on this machine (``cuda``: it has a CUDA
+    device, ``memory_gib`` the first one's memory). The guide's AdamW8Bit needs CUDA (bitsandbytes); elsewhere
+    AdamW. A GPU under 24 GiB quantizes to float8, as the guide advises at 16 GB."""
+    if name_or_path == "builtin:shapes":
+        return dict(SHAPES_BASELINE)
+    if name_or_path and name_or_path.startswith("builtin:"):
+        return {}
+    out = dict(GUIDE_BASELINE)
+    if not cuda:
+        out["train.optimizer"] = "adamw"
+    if memory_gib is not None and memory_gib < QUANTIZE_BELOW_GIB:
+        out.update({"model.quantize": True, "model.qtype": "float8", "model.quantize_te": True})
+    return out

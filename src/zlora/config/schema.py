@@ -248,6 +248,13 @@ class DatasetConfig(Section):
 
     _path = field_validator("folder_path", "cache_dir")(plain_path)
 
+    @field_validator("folder_path")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is empty: choose the folder of images and captions")
+        return v
+
     @field_validator("resolution", mode="before")
     @classmethod
     def _one_or_many(cls, v):

@@ -85,9 +85,9 @@ def _hf_snapshot(repo_id: str, revision: str | None) -> Path | None:
     return snap if snap.is_dir() else None
 
 
-def resolve_hub_model(ref: str, settings: HubSettings) -> tuple[Path, str]:
-    """(folder, commit) of a complete local copy; zero network requests when one exists. Otherwise pull it
-    (online) or say which command to run (offline)."""
+def local_model(ref: str, settings: HubSettings) -> tuple[Path, str] | None:
+    """(folder, commit) of a complete local copy of a hub model (models folder, then HF cache), or None. No
+    network, nothing written."""
     repo_id, revision, _ = split_ref(ref)
     folder = model_folder(settings, repo_id, revision)
     if _complete(folder):
@@ -99,12 +99,11 @@ def resolve_hub_model(ref: str, settings: HubSettings) -> tuple[Path, str]:
             return snap, snap.name
         except UserError:
             log.info("the HF cache copy of %s is incomplete", ref)
-    folder = pull(ref, settings)
-    return folder, read_manifest(folder)["commit"]
+    return None
 
 
-def resolve_hub_file(ref: str, settings: HubSettings) -> Path:
-    """A hub file ``org/repo/path/file``: models folder, HF cache, else pulled (or the offline error)."""
+def local_file(ref: str, settings: HubSettings) -> Path | None:
+    """A hub file ``org/repo/path/file`` on disk (models folder, then HF cache), or None. No network."""
     repo_id, revision, file = split_ref(ref)
     folder = model_folder(settings, repo_id, revision)
     if _complete(folder, file):
@@ -112,7 +111,23 @@ def resolve_hub_file(ref: str, settings: HubSettings) -> Path:
     snap = _hf_snapshot(repo_id, revision)
     if snap is not None and (snap / file).is_file():
         return snap / file
-    return pull(ref, settings) / file
+    return None
+
+
+def resolve_hub_model(ref: str, settings: HubSettings) -> tuple[Path, str]:
+    """(folder, commit) of a complete local copy; zero network requests when one exists. Otherwise pull it
+    (online) or say which command to run (offline)."""
+    found = local_model(ref, settings)
+    if found is not None:
+        return found
+    folder = pull(ref, settings)
+    return folder, read_manifest(folder)["commit"]
+
+
+def resolve_hub_file(ref: str, settings: HubSettings) -> Path:
+    """A hub file ``org/repo/path/file``: models folder, HF cache, else pulled (or the offline error)."""
+    found = local_file(ref, settings)
+    return found if found is not None else pull(ref, settings) / split_ref(ref)[2]
 
 
 def verify(target: str, settings: HubSettings, fix: bool = False) -> list[str]:

@@ -10,13 +10,12 @@ from pathlib import Path
 import torch
 
 from zlora.errors import UserError
-from zlora.hub.local import check_folder, resolve_hub_file, resolve_hub_model
 from zlora.hub.manifest import HubSettings, hub_settings
+from zlora.hub.refs import file_of, model_folder_of
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 
 
 def resolve_device(name: str, field: str = "job.device") -> torch.device:
@@ -58,28 +57,8 @@ def resolve_model(ref: str, settings: HubSettings | None = None) -> ResolvedMode
         return ResolvedModel(ref, builtin_tiny_path())
     if ref == "builtin:shapes":
         return ResolvedModel(ref, builtin_shapes_path())
-    path = Path(ref).expanduser()
-    if path.exists():
-        if path.is_file():
-            raise UserError(
-                f"`model.name_or_path` is a file: {path}; single-file transformers are not supported yet, "
-                "point it at a diffusers folder (model_index.json, transformer/, text_encoder/, vae/, ...)"
-            )
-        check_folder(path)
-        return ResolvedModel(ref, path)
-    if re.match(r"^[A-Za-z]:\\", ref) or "\\" in ref:
-        raise UserError(
-            f"`model.name_or_path` looks like a Windows path ({ref}); use a POSIX path on this machine"
-        )
-    if ref.startswith(("./", "../", "/", "~")) or ref in (".", ".."):
-        raise UserError(
-            f"`model.name_or_path` folder not found: {path.absolute()}; check the path, or give a "
-            "hub id such as Tongyi-MAI/Z-Image-Turbo"
-        )
-    if not _HUB_ID.match(ref):
-        raise UserError(f"`model.name_or_path` is neither a folder nor a hub id (org/name): {ref}")
-    folder, commit = resolve_hub_model(ref, settings or hub_settings())
-    return ResolvedModel(ref, folder, commit)
+    found = model_folder_of(ref, settings or hub_settings())
+    return ResolvedModel(ref, *found)
 
 
 def builtin_shapes_path() -> Path:
@@ -97,22 +76,7 @@ def builtin_shapes_path() -> Path:
 
 def resolve_file_ref(ref: str, field: str, settings: HubSettings | None = None) -> Path:
     """A ``.safetensors`` FILE: a local path, or a hub file ``org/repo/path/file.safetensors``."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        inside = ", ".join(sorted(p.name for p in path.glob("*.safetensors"))) or "(no .safetensors files)"
-        raise UserError(f"`{field}` is a folder: {path}. Point it at one of: {inside}")
-    if path.is_file():
-        if path.suffix.lower() != ".safetensors":
-            raise UserError(f"`{field}` must be a .safetensors file (pickle files are never loaded): {path}")
-        return path
-    if re.match(r"^[A-Za-z]:[\\/]", ref) or "\\" in ref:
-        raise UserError(f"`{field}` looks like a Windows path ({ref}); use a POSIX path on this machine")
-    parts = ref.split("/")
-    if len(parts) < 3 or not ref.endswith(".safetensors") or ref.startswith(("/", ".", "~")):
-        raise UserError(
-            f"`{field}` not found: {ref}; give a local .safetensors file or org/repo/file.safetensors"
-        )
-    return resolve_hub_file(ref, settings or hub_settings())
+    return file_of(ref, field, settings or hub_settings())
 
 
 def quiet_libraries() -> None:

@@ -9,32 +9,18 @@ import torch
 
 from zlora.config.schema import SCHEDULER_PARAMS, TrainConfig
 from zlora.errors import UserError
-
-# name -> (module, class, pip package, needs CUDA)
-OPTIMIZERS = {
-    "adamw": ("torch.optim", "AdamW", None, False),
-    "adamw8bit": ("bitsandbytes.optim", "AdamW8bit", "bitsandbytes", True),
-    "lion": ("lion_pytorch", "Lion", "lion-pytorch", False),
-    "lion8bit": ("bitsandbytes.optim", "Lion8bit", "bitsandbytes", True),
-    "prodigy": ("prodigyopt", "Prodigy", "prodigyopt", False),
-    "adafactor": ("transformers.optimization", "Adafactor", None, False),
-}
+from zlora.train.optimizers import OPTIMIZERS, problem
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device):
-    module, name, package, needs_cuda = OPTIMIZERS[cfg.optimizer]
-    if needs_cuda and device.type != "cuda":
-        usable = ", ".join(k for k, v in OPTIMIZERS.items() if not v[3])
-        raise UserError(
-            f"`train.optimizer` {cfg.optimizer} needs a CUDA GPU (bitsandbytes); on {device.type} use "
-            f"one of: {usable}"
-        )
+    opt = OPTIMIZERS[cfg.optimizer]
+    why = problem(cfg.optimizer, device.type, lambda package: True)  # an import error says it below
+    if why:
+        raise UserError(why)
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = getattr(importlib.import_module(opt.module), opt.cls)
     except ImportError:
-        raise UserError(
-            f"`train.optimizer` {cfg.optimizer} needs the {package} package: pip install {package}"
-        ) from None
+        raise UserError(problem(cfg.optimizer, device.type, lambda package: False)) from None
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **cfg.optimizer_params}
     if cfg.optimizer == "adafactor":  # a fixed lr, as the other optimizers: no relative step or warm-up init
         kwargs = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **kwargs}

@@ -28,6 +28,19 @@ class TrainingDiverged(Exception):
     def __init__(self, message: str):
         super().__init__(message)
 
+    @classmethod
+    def at(cls, loss: float, step: int, latest_name: str | None) -> TrainingDiverged:
+        """The error for a non-finite ``loss`` at ``step`` (1-based), naming the checkpoint that is kept."""
+        kept = (
+            f"the last good checkpoint, {latest_name}, is kept"
+            if latest_name
+            else "no checkpoint was written"
+        )
+        return cls(
+            f"the loss is {loss} at step {step} (the run diverged); {kept}. Lower train.lr or use "
+            "model.dtype=fp32, then resume with --force-resume or start a new run"
+        )
+
 
 class GracefulStop:
     def __init__(self) -> None:

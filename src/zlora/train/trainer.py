@@ -29,7 +29,7 @@ from zlora.models.load import (
 from zlora.models.placement import placement_for
 from zlora.models.quantize import quantize_weights
 from zlora.runfolder import RunFolder
-from zlora.train import checkpoint, distributed, resume
+from zlora.train import checkpoint, distributed, preflight, resume
 from zlora.train.adapter import ADAPTER, AdapterSwitch, adapter_params, load_training_adapter
 from zlora.train.checkpoint import TrainState
 from zlora.train.compile import compile_blocks
@@ -44,6 +44,7 @@ from zlora.train.runlock import RunLock, check_run_folder
 from zlora.train.stop import GracefulStop, TrainingDiverged, TrainingInterrupted  # noqa: F401 - public here
 from zlora.train.timesteps import sample_sigmas
 from zlora.utils.io import USER_WRITE_ERRNOS, WriteError, write_error
+from zlora.utils.machine import Machine
 
 log = logging.getLogger(__name__)
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,6 +91,7 @@ class Trainer:
         before any model is loaded."""
         cfg = self.cfg
         self.dist.check_same(dump_config(cfg), "config")
+        preflight.check(cfg, Machine.here())  # what the web form checks at every edit: all of it at once
         auto = cfg.job.device == "auto" and self.dist.device is not None
         self.device = self.dist.device if auto else resolve_device(cfg.job.device)
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
@@ -317,15 +319,7 @@ class Trainer:
             st.ema.step(self.params)
         if not math.isfinite(total):
             latest = checkpoint.latest_checkpoint(self.run)
-            kept = (
-                f"the last good checkpoint, {latest[1].name}, is kept"
-                if latest
-                else "no checkpoint was written"
-            )
-            raise TrainingDiverged(
-                f"the loss is {total} at step {self.step + 1} (the run diverged); {kept}. Lower train.lr or use "
-                "model.dtype=fp32, then resume with --force-resume or start a new run"
-            )
+            raise TrainingDiverged.at(total, self.step + 1, latest[1].name if latest else None)
         return total
 
     def loss(self, batch: Batch) -> torch.Tensor:

@@ -23,15 +23,14 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from zlora import __version__, vocab
-from zlora.config import dump_config, validate
 from zlora.config.presets import ARCH_PRESETS, TURBO_ADAPTERS, sampling_defaults
 from zlora.config.schema import Config
 from zlora.errors import UserError
 from zlora.lora.codecs import CODECS
-from zlora.train.curves import timestep_table
 from zlora.ui import datasets, form, jobs, loratools, tasks
 from zlora.ui.runner import Runner
 from zlora.ui.store import JobStore
+from zlora.utils.machine import Machine, Probe
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_COOKIE = "zlora_token"
@@ -39,10 +38,19 @@ TOKEN_COOKIE = "zlora_token"
 
 class ConfigBody(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="a (partial) config as nested sections")
+    baseline: bool = Field(
+        False,
+        description="fill what the config leaves unset with the New Training Job form's starting values",
+    )
+    check_environment: bool = Field(
+        False,
+        description="also check what `zlora train` checks before its first step (folders, model, device)",
+    )
 
 
 class YamlBody(BaseModel):
     yaml: str = Field(description="config YAML")
+    baseline: bool = Field(False, description="as in /api/config/resolve")
 
 
 UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
@@ -81,8 +89,12 @@ def create_app(
     start_runner: bool = True,
     max_upload_mb: int = 50,
     hosts: set[str] | None = None,
+    machine: Machine | None = None,
 ) -> FastAPI:
-    """``hosts``: the names a Host header may carry (None: any, for a wildcard address or in-process tests)."""
+    """``hosts``: the names a Host header may carry (None: any, for a wildcard address or in-process tests).
+    ``machine``: what this machine can run (default: asked of a child process once, in the background)."""
+    probe = None if machine is not None else Probe.shared()
+    here = (lambda: machine) if machine is not None else probe.get
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(data_dir / "zlora.db")
@@ -104,7 +116,7 @@ def create_app(
         lifespan=lifespan,
         description="Train Z-Image LoRAs: jobs, progress, samples.",
     )
-    app.state.store, app.state.runner, app.state.data_dir = store, runner, data_dir
+    app.state.store, app.state.runner, app.state.data_dir, app.state.machine = store, runner, data_dir, here
 
     # ------------------------------------------------------------------ auth and errors
     @app.middleware("http")
@@ -177,6 +189,7 @@ def create_app(
         return {
             "schema": Config.model_json_schema(),
             "panels": form.PANELS,
+            "option_labels": form.OPTION_LABELS,
             "arch_presets": ARCH_PRESETS,
             "adapters": TURBO_ADAPTERS,
             "default_output_dir": str(data_dir / "output"),
@@ -189,18 +202,21 @@ def create_app(
     def resolve(body: ConfigBody) -> dict:
         """The config with every default and arch preset filled in (and the noise levels it trains at, as
         `zlora config timesteps` prints them), or the per-field problems."""
-        cfg, problems = validate(form.with_ui_defaults(body.config, data_dir))
-        return {
-            "config": cfg.model_dump(mode="json") if cfg else None,
-            "yaml": dump_config(cfg) if cfg else None,
-            "timesteps": timestep_table(cfg.train) if cfg else None,
-            "errors": [{"loc": loc, "msg": msg} for loc, msg in problems],
-        }
+        cfg, problems = form.resolve(body.config, data_dir, here(), body.baseline, body.check_environment)
+        shown = None if cfg else form.display_config(body.config, data_dir, here(), body.baseline)
+        return form.resolved_json(cfg, problems, shown, body.config)
 
     @app.post("/api/config/parse")
     def parse_yaml(body: YamlBody) -> dict:
-        return {"config": form.yaml_dict(body.yaml)}
+        """The settings of a YAML its defaults would not give (see ``form.user_settings``): what the form keeps
+        as the user's choices, so values that came from ``model.arch`` or a preset follow a later change."""
+        return {"config": form.user_settings(form.yaml_dict(body.yaml), data_dir, here(), body.baseline)}
 
-    app.include_router(jobs.router(data_dir, store, runner))
+    @app.get("/api/machine")
+    def machine_facts() -> dict:
+        """What this machine can run (CUDA devices and their memory), as the form's defaults use it."""
+        return here().as_json()
+
+    app.include_router(jobs.router(data_dir, store, runner, here))
 
     return app

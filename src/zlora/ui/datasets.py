@@ -13,9 +13,9 @@ from fastapi import Path as FastPath
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from zlora.data.files import IMAGE_EXTS
 from zlora.utils.io import atomic_create, atomic_write, atomic_write_text
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
 DatasetName = Annotated[str, FastPath(pattern=NAME.pattern, description="dataset name")]
 
@@ -216,10 +216,11 @@ def router(data_dir: Path, store, max_upload_mb: int) -> APIRouter:
 
     @api.post("/api/datasets/{name}/captions")
     def bulk(name: DatasetName, body: BulkBody) -> dict:
-        """set / replace / prepend / append text, or insert_trigger (`[trigger]` at the start where missing)."""
+        """set / replace / prepend / append text, or insert_trigger (`[trigger]` at the start where missing).
+        Says how many captions changed and how many of those are new files (an image had no caption)."""
         root = folder(name)
         names = body.images or [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS]
-        changed = 0
+        changed = created = 0
         for image_name in names:
             path = inside(root, image_name)
             if path.suffix.lower() not in IMAGE_EXTS or not path.is_file():
@@ -236,8 +237,9 @@ def router(data_dir: Path, store, max_upload_mb: int) -> APIRouter:
                 "insert_trigger": old if "[trigger]" in old else f"[trigger], {old}" if old else "[trigger]",
             }[body.action].strip()
             if new != old:
+                created += not cap.is_file()
                 atomic_write_text(cap, new + "\n")
                 changed += 1
-        return {"changed": changed}
+        return {"changed": changed, "created": created, "images": len(names)}
 
     return api

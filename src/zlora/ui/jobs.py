@@ -17,8 +17,7 @@ from fastapi import Path as FastPath
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from zlora.config import dump_config, validate
-from zlora.config.load import check_paths
+from zlora.config import dump_config
 from zlora.errors import UserError
 from zlora.runfolder import RunFolder
 from zlora.ui import form, progress
@@ -31,10 +30,28 @@ JobId = Annotated[int, FastPath(ge=1, le=2**62, description="job id")]
 class JobBody(BaseModel):
     config_yaml: str = Field(description="the job's config as YAML (zlora's schema)")
     start: bool = Field(True, description="queue it now (false: keep it stopped)")
+    baseline: bool = Field(
+        False,
+        description="fill what the config leaves unset with the New Training Job form's starting values",
+    )
 
 
-def router(data_dir: Path, store: JobStore, runner: Runner) -> APIRouter:
+class EditBody(BaseModel):
+    config_yaml: str = Field(description="the job's new config as YAML (same job.name and output folder)")
+    baseline: bool = Field(False, description="as for a new job")
+    start: bool = Field(True, description="queue it again now")
+
+
+def router(data_dir: Path, store: JobStore, runner: Runner, machine) -> APIRouter:
+    """``machine()``: what this machine can run (``utils.machine.Machine``) for the pre-flight check."""
     api = APIRouter()
+
+    def _checked(text: str, baseline: bool, environment: bool):
+        """The config a job would train, or a 422 naming each field's problem."""
+        cfg, problems = form.resolve(form.yaml_dict(text), data_dir, machine(), baseline, environment)
+        if problems:
+            raise HTTPException(422, [{"loc": loc, "msg": msg} for loc, msg in problems])
+        return cfg
 
     def _job(job_id: JobId) -> Job:
         job = store.get(job_id)
@@ -56,19 +73,12 @@ def router(data_dir: Path, store: JobStore, runner: Runner) -> APIRouter:
             "created": job.created,
             "started": job.started,
             "finished": job.finished,
-            **progress.progress(job.run, steps),
+            **progress.progress(job.run, steps, job.status, job.started),
         }
 
     @api.post("/api/jobs")
     def create_job(body: JobBody) -> dict:
-        data = form.with_ui_defaults(form.yaml_dict(body.config_yaml), data_dir)
-        cfg, problems = validate(data)
-        if problems:
-            raise HTTPException(422, [{"loc": loc, "msg": msg} for loc, msg in problems])
-        try:
-            check_paths(cfg)
-        except UserError as e:
-            raise HTTPException(422, [{"loc": "datasets", "msg": p} for p in e.problems]) from None
+        cfg = _checked(body.config_yaml, body.baseline, environment=False)
         run = RunFolder.of(Path(cfg.job.output_dir).expanduser().resolve(), cfg.job.name)
         run_dir = str(run.root)
         clash = [j for j in store.all() if j.run_dir == run_dir]
@@ -92,6 +102,7 @@ def router(data_dir: Path, store: JobStore, runner: Runner) -> APIRouter:
                     }
                 ],
             )
+        _checked(body.config_yaml, body.baseline, environment=True)  # what `zlora train` checks first
         status = "queued" if body.start else "stopped"
         job = store.add(cfg.job.name, dump_config(cfg), run_dir, cfg.job.device, status=status)
         if not resumes:
@@ -135,6 +146,44 @@ def router(data_dir: Path, store: JobStore, runner: Runner) -> APIRouter:
                 "checkpoint; try again in a moment",
             )
         store.update(job_id, status="queued", error=None)
+        runner.poke()
+        return _summary(_job(job_id))
+
+    @api.put("/api/jobs/{job_id}/config")
+    def edit_job(job_id: JobId, body: EditBody) -> dict:
+        """New settings for a job that is not running and has no checkpoint yet (one that failed at start-up, or
+        was created stopped); it keeps its name and run folder. With a checkpoint the settings are the run's:
+        Duplicate trains with others."""
+        job = _job(job_id)
+        if job.status in (*ACTIVE, "queued"):
+            raise HTTPException(409, f"job {job_id} is {job.status}: stop it first")
+        if job.run.checkpoints.is_dir() and any(job.run.checkpoints.iterdir()):
+            raise HTTPException(
+                409,
+                f"job {job_id} has checkpoints, so its settings are fixed (a resume continues them); "
+                "Duplicate it to train with other settings",
+            )
+        cfg = _checked(body.config_yaml, body.baseline, environment=False)
+        run_dir = str(RunFolder.of(Path(cfg.job.output_dir).expanduser().resolve(), cfg.job.name).root)
+        if run_dir != job.run_dir:
+            raise HTTPException(
+                422,
+                [
+                    {
+                        "loc": "job.name",
+                        "msg": f"job {job_id} trains into {job.run_dir}; keep its job.name and output_dir, "
+                        "or Duplicate it to train under another name",
+                    }
+                ],
+            )
+        _checked(body.config_yaml, body.baseline, environment=True)
+        store.update(
+            job_id,
+            config_yaml=dump_config(cfg),
+            device=cfg.job.device,
+            error=None,
+            status="queued" if body.start else "stopped",
+        )
         runner.poke()
         return _summary(_job(job_id))
 
@@ -183,8 +232,17 @@ def router(data_dir: Path, store: JobStore, runner: Runner) -> APIRouter:
 
     @api.get("/api/jobs/{job_id}/samples")
     def job_samples(job_id: JobId) -> list[dict]:
+        """Every preview image with its step, prompt index, seed and the prompt's text."""
+        job = _job(job_id)
+        prompts = (yaml.safe_load(job.config_yaml) or {}).get("sample", {}).get("prompts") or []
+        texts = [p.get("prompt") if isinstance(p, dict) else p for p in prompts]
         return [
-            {**s, "url": f"/api/jobs/{job_id}/file/{s['path']}"} for s in _job(job_id).run.sample_images()
+            {
+                **s,
+                "prompt": texts[s["prompt_index"]] if s["prompt_index"] < len(texts) else None,
+                "url": f"/api/jobs/{job_id}/file/{s['path']}",
+            }
+            for s in job.run.sample_images()
         ]
 
     @api.get("/api/jobs/{job_id}/files")

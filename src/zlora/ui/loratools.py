@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from zlora.errors import UserError
 from zlora.ui.datasets import safe_name
+from zlora.vocab import SCALE_GROUPS, SLIDER_GROUPS, split_block
 
 
 class ScaleBody(BaseModel):
@@ -22,6 +23,7 @@ class ScaleBody(BaseModel):
         default_factory=dict, description="adaln, qk, v, attn_out, ffn, w1-3"
     )
     layers: str = Field("", description='per-layer multipliers, e.g. "0-9:0.5,20-29:1.2"')
+    name: str | None = Field(None, description="output file name (default: <input>-scaled.safetensors)")
 
 
 class MergeInput(BaseModel):
@@ -34,11 +36,13 @@ class MergeInput(BaseModel):
 class MergeBody(BaseModel):
     inputs: list[MergeInput] = Field(min_length=1)
     rank: int | None = Field(None, description="reduce to this rank (SVD); none: exact")
+    name: str | None = Field(None, description="output file name (default: <a>+<b>-merged.safetensors)")
 
 
 class ConvertBody(BaseModel):
     lora: str
     to: str = Field(description="zlora, diffusers, comfy (ComfyUI incl. bypass), comfy-fused, kohya")
+    name: str | None = Field(None, description="output file name (default: <input>-<format>.safetensors)")
 
 
 class RefBody(BaseModel):
@@ -74,9 +78,31 @@ def router(data_dir: Path, store) -> APIRouter:
     def resolve(ref: str) -> Path:
         return resolve_ref(data_dir, store, ref)
 
-    def result_name(stem: str) -> Path:
+    def stem_of(path: Path) -> str:
+        """A LoRA's name for its results: a checkpoint's ``lora.safetensors`` is ``<run>-step-000250``."""
+        if path.name == "lora.safetensors" and path.parent.name.startswith("step-"):
+            return f"{path.parents[2].name}-{path.parent.name}"
+        return path.stem
+
+    def result_name(stem: str, name: str | None = None) -> Path:
+        """The output file: the name asked for (never over an existing file), else ``<stem>.safetensors`` made
+        unique with -2, -3, ..."""
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.safetensors"
+        if name:
+            try:
+                base = safe_name(name.strip())
+            except ValueError as e:
+                raise HTTPException(422, f"name: {e}") from None
+            target = folder / (base if base.endswith(".safetensors") else f"{base}.safetensors")
+            if target.exists():
+                raise HTTPException(
+                    409, f"name: {target.name} exists in the LoRA folder; choose another name"
+                )
+            return target
+        target, n = folder / f"{stem}.safetensors", 2
+        while target.exists():
+            target, n = folder / f"{stem}-{n}.safetensors", n + 1
+        return target
 
     def done(path: Path, report: str = "") -> dict:
         return {
@@ -94,7 +120,7 @@ def router(data_dir: Path, store) -> APIRouter:
 
     @api.get("/api/loras")
     def list_loras() -> list[dict]:
-        """Uploaded and produced files, and the final / checkpoint LoRAs of every job."""
+        """Uploaded and produced files, and the final / checkpoint LoRAs of every job; newest first."""
         out = []
         if folder.is_dir():
             out += [
@@ -103,6 +129,7 @@ def router(data_dir: Path, store) -> APIRouter:
                     "name": p.name,
                     "source": "file",
                     "url": f"/api/loras/file/{p.name}",
+                    "mtime": p.stat().st_mtime,
                 }
                 for p in sorted(folder.glob("*.safetensors"))
             ]
@@ -114,9 +141,10 @@ def router(data_dir: Path, store) -> APIRouter:
                         "name": f"{job.name}: {f['name']}",
                         "source": "job",
                         "url": f"/api/jobs/{job.id}/file/{f['path']}",
+                        "mtime": (job.run.root / f["path"]).stat().st_mtime,
                     }
                 )
-        return out
+        return sorted(out, key=lambda x: -x["mtime"])
 
     @api.post("/api/lora/upload")
     async def upload(file: UploadFile) -> dict:
@@ -141,7 +169,7 @@ def router(data_dir: Path, store) -> APIRouter:
             raise HTTPException(400, " ".join(e.problems).replace(str(tmp), name)) from None
         target = folder / name
         if target.exists():
-            target = result_name(Path(name).stem)
+            target = result_name(Path(name).stem)  # an upload never replaces a file: name-2, name-3, ...
         tmp.rename(target)
         return done(target)
 
@@ -158,7 +186,17 @@ def router(data_dir: Path, store) -> APIRouter:
         report = run(inspect_lora, path, True)
         modules, fmt, _ = run(read_lora_modules, path, True)
         table, other = delta_table(modules)
-        return {"report": report, "format": fmt, "table": table, "other": other}
+        inside = {w[2] for w in (split_block(n) for n in modules) if w}
+        groups = [g for g in SLIDER_GROUPS if inside & set(SCALE_GROUPS[g][0])]
+        layers = [w[1] for w in (split_block(n) for n in modules) if w and w[0] == "layers"]
+        return {
+            "report": report,
+            "format": fmt,
+            "table": table,
+            "other": other,
+            "groups": groups,  # the Scale sliders that act on this LoRA
+            "layers": max(layers) + 1 if layers else 0,
+        }
 
     @api.post("/api/lora/scale")
     def scale(body: ScaleBody) -> dict:
@@ -170,7 +208,7 @@ def router(data_dir: Path, store) -> APIRouter:
         if bad:
             raise HTTPException(422, f"components: {bad} are not among {', '.join(COMPONENTS)}")
         mult = Multipliers(body.ratio, body.components, run(parse_layer_spec, body.layers))
-        out = result_name(f"{src.stem}-scaled")
+        out = result_name(f"{stem_of(src)}-scaled", body.name)
         run(scale_lora, src, out, mult)
         return done(out)
 
@@ -179,11 +217,12 @@ def router(data_dir: Path, store) -> APIRouter:
         from zlora.lora.edit import Multipliers, parse_layer_spec
         from zlora.lora.tools import merge_loras
 
-        inputs = [(str(resolve(i.lora)), i.weight) for i in body.inputs]
+        paths = [resolve(i.lora) for i in body.inputs]
+        inputs = [(str(p), i.weight) for p, i in zip(paths, body.inputs, strict=True)]
         mults = [Multipliers(1.0, i.components, run(parse_layer_spec, i.layers)) for i in body.inputs]
         if body.rank is not None and body.rank < 1:
             raise HTTPException(422, "rank: a positive integer, or null for an exact merge")
-        out = result_name("merged")
+        out = result_name("+".join(dict.fromkeys(stem_of(p) for p in paths)) + "-merged", body.name)
         kept = run(merge_loras, inputs, out, body.rank, mults)
         report = ""
         if kept:
@@ -200,7 +239,7 @@ def router(data_dir: Path, store) -> APIRouter:
 
         src = resolve(body.lora)
         fmt = run(resolve_format, body.to)
-        out = result_name(f"{src.stem}-{body.to}")
+        out = result_name(f"{stem_of(src)}-{body.to}", body.name)
         source = run(convert_lora, src, out, fmt)
         return done(out, f"{source} -> {fmt}")
 

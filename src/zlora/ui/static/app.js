@@ -88,187 +88,264 @@ function setAt(obj, path, value) {
 const locToPath = (loc) => loc.replace(/\[(\d+)\]/g, ".$1");
 
 // ------------------------------------------------------------------ New Training Job
-let draft = null;   // the settings the user chose (a sparse config); everything else comes from the schema
+// One state: `draft` holds what the user set (a sparse config; null = cleared on purpose); the server resolves it
+// (defaults, the architecture's and the preset's values, the guide's starting values, this machine's checks) and
+// every control shows the resolved value. A value that came from a default is not in the draft, so it follows a
+// change of architecture or preset; Duplicate and "Apply YAML" keep only what differs from the defaults.
+const DRAFT_KEY = "zlora.newjob";
+let draft = null, editing = null;   // editing: the id of the job whose settings the form changes
 function defaultDraft() { return {job: {name: "my_lora"}, datasets: [{folder_path: ""}]}; }
+function saveDraft() { try { localStorage.setItem(DRAFT_KEY, JSON.stringify({draft, editing})); } catch { /* private mode */ } }
+function restoreDraft() {
+  try { const v = JSON.parse(localStorage.getItem(DRAFT_KEY)); if (v && v.draft) { draft = v.draft; editing = v.editing ?? null; } } catch { /* none */ }
+}
+async function openInForm(configYaml, jobId = null) {     // Duplicate / Edit: the job's config as the user's settings
+  draft = (await api("POST", "/api/config/parse", {yaml: configYaml, baseline: true})).config;
+  editing = jobId; saveDraft(); location.hash = "#/new";
+}
+function firstSentence(t) {     // the help line: the docstring's first sentence (or two, when the first is a few words)
+  let out = "";
+  for (const part of t.replace(/\s+/g, " ").split(/(?<=\.)\s/)) { out += (out ? " " : "") + part; if (out.length >= 50) break; }
+  return out;
+}
+function unsetAt(obj, path) {
+  const parts = path.split("."), last = parts.pop();
+  const o = parts.reduce((x, k) => (x === undefined || x === null ? undefined : x[k]), obj);
+  if (o && typeof o === "object" && !Array.isArray(o)) delete o[last];
+}
 
 async function newJobPage() {
-  const s = await schema();
+  const s = await schema(), S = s.schema, labels = s.option_labels;
+  if (!draft) restoreDraft();
   if (!draft) draft = defaultDraft();
   const view = $("#view"); view.replaceChildren();
   const formErr = el("div", {class: "err", id: "form-errors"});
-  const yamlBox = el("textarea", {id: "yaml", rows: 24, spellcheck: "false"});
-  const yamlPanel = el("div", {class: "panel wide hidden", id: "yaml-panel"},
-    el("h2", {}, "Config (YAML)"), yamlBox,
+  const yamlBox = el("textarea", {id: "yaml", rows: 30, spellcheck: "false"});
+  const yamlErr = el("div", {class: "err", id: "yaml-errors"});
+  const yamlPanel = el("div", {class: "panel hidden", id: "yaml-panel"},
+    el("h2", {}, "Config (YAML)"),
     el("div", {class: "toolbar"}, el("button", {id: "yaml-apply", onclick: applyYaml}, "Apply YAML to the form"),
-       el("span", {class: "muted"}, "The form and this text are the same config: edit either.")));
+       el("span", {class: "muted"}, "The form and this text are one config: edit either.")), yamlErr, yamlBox);
   const panels = el("div", {class: "panels", id: "panels"});
-  const folders = el("datalist", {id: "dataset-folders"});
+  const layout = el("div", {class: "newjob", id: "newjob"}, panels, yamlPanel);
+  const folders = el("datalist", {id: "dataset-folders"}), devices = el("datalist", {id: "devices"});
   api("GET", "/api/datasets").then((ds) => folders.replaceChildren(...ds.map((d) => el("option", {value: d.path}, d.name)))).catch(() => {});
-  view.append(el("h1", {}, "New Training Job"), folders, formErr, panels,
-    el("div", {class: "toolbar"},
-       el("button", {id: "submit", onclick: submitJob}, "Create job"),
-       el("button", {class: "secondary", id: "toggle-advanced", onclick: () => { yamlPanel.classList.toggle("hidden"); refreshYaml(); }}, "Show Advanced"),
-       el("button", {class: "secondary", onclick: () => { draft = defaultDraft(); newJobPage(); }}, "Reset")),
-    yamlPanel);
-  let resolved = null, lastYaml = null;
-  const S = s.schema;
+  api("GET", "/api/machine").then((m) => devices.replaceChildren(...["auto", "cpu", ...m.cuda.map((c, i) => `cuda:${i}`)].map((d, i) =>
+    el("option", {value: d}, i > 1 ? `${m.cuda[i - 2].name}, ${m.cuda[i - 2].memory_gib} GiB` : d)))).catch(() => {});
+  const problemsBtn = el("button", {class: "secondary hidden", id: "problems", onclick: jumpToProblem}, "");
+  const advBtn = el("button", {class: "secondary", id: "toggle-advanced", onclick: toggleYaml}, "Show Advanced");
+  const bar = el("div", {class: "actionbar", id: "actionbar"},
+    el("button", {id: "submit", onclick: submitJob}, editing ? "Save and resume" : "Create job"), problemsBtn, advBtn,
+    el("button", {class: "secondary", id: "reset", onclick: () => { draft = defaultDraft(); editing = null; saveDraft(); newJobPage(); }},
+       editing ? "Cancel edit" : "Reset"));
+  view.append(el("h1", {}, editing ? `Edit job ${editing}` : "New Training Job"), folders, devices, formErr, layout, bar);
+  let resolved = null, lastYaml = null, errors = [];
+  const controls = new Map();          // config path -> {set(value), input}
 
-  function input(path, prop, value) {
+  const valueAt = (path) => { const v = getAt(draft, path); return v !== undefined ? v : getAt(resolved, path); };
+  function write(path, v) { if (v === undefined) unsetAt(draft, path); else setAt(draft, path, v); saveDraft(); schedule(); }
+
+  function input(path, prop) {
     const id = "f-" + path.replace(/\./g, "-");
-    const onchange = (v) => { setAt(draft, path, v); schedule(); };
-    if (path.endsWith(".resolution")) {         // the guide's toggles + free entry
-      const vals = Array.isArray(value) ? value : [];
-      const text = el("input", {type: "text", id, value: vals.join(", ")});
-      text.addEventListener("change", () => onchange(text.value.split(/[ ,]+/).filter(Boolean).map(Number)));
-      const toggles = el("div", {class: "toggles"}, [512, 768, 1024].map((r) => {
-        const cb = el("input", {type: "checkbox", "data-res": r}); cb.checked = vals.includes(r);
+    const opts = labels[path.replace(/^datasets\.\d+\./, "datasets.")] || labels[path] || {};
+    const name = (o) => opts[String(o)] ?? String(o);
+    if (path.endsWith(".resolution")) {         // the guide's toggles and free entry: two views of one list
+      const text = el("input", {type: "text", id});
+      const parse = () => text.value.split(/[ ,]+/).filter(Boolean).map(Number);
+      text.addEventListener("change", () => write(path, parse()));
+      const boxes = [256, 512, 768, 1024, 1280, 1536].map((r) => {
+        const cb = el("input", {type: "checkbox", "data-res": r});
         cb.addEventListener("change", () => {
-          const now = new Set(text.value.split(/[ ,]+/).filter(Boolean).map(Number));
-          cb.checked ? now.add(r) : now.delete(r); onchange([...now].sort((a, b) => a - b));
+          const now = new Set(valueAt(path) || []); cb.checked ? now.add(r) : now.delete(r);
+          write(path, [...now].sort((a, b) => a - b));
         });
-        return el("label", {}, cb, String(r));
-      }));
-      return el("div", {}, toggles, text);
+        return cb;
+      });
+      return {node: el("div", {}, el("div", {class: "toggles"}, boxes.map((cb) => el("label", {}, cb, cb.dataset.res))), text),
+              focus: text, set: (v) => { const vals = Array.isArray(v) ? v : [];
+                if (document.activeElement !== text) text.value = vals.join(", ");
+                boxes.forEach((cb) => { cb.checked = vals.includes(Number(cb.dataset.res)); }); }};
     }
     if (prop.type === "boolean") {
-      const cb = el("input", {type: "checkbox", id}); cb.checked = !!value;
-      cb.addEventListener("change", () => onchange(cb.checked)); return cb;
+      const cb = el("input", {type: "checkbox", id}); cb.addEventListener("change", () => write(path, cb.checked));
+      return {node: cb, focus: cb, set: (v) => { cb.checked = !!v; }};
     }
-    if (prop.enum) {
-      const sel = el("select", {id}, (prop.nullable ? [""] : []).concat(prop.enum).map((o) => el("option", {value: o}, o === "" ? "(none)" : o)));
-      sel.value = value ?? ""; sel.addEventListener("change", () => onchange(sel.value === "" ? null : sel.value)); return sel;
+    const anyOf = prop.anyOf || [];
+    const choice = prop.enum ? prop.enum.map(String)                        // one of a fixed set (compile: true/false/auto)
+      : anyOf.length && anyOf.every((x) => x.type === "boolean" || x.enum || x.const !== undefined)
+        ? anyOf.flatMap((x) => (x.type === "boolean" ? ["true", "false"] : (x.enum || [x.const]).map(String))) : null;
+    if (choice) {
+      const sel = el("select", {id}, (prop.nullable ? [""] : []).concat(choice).map((o) => el("option", {value: o}, o === "" ? "(none)" : name(o))));
+      sel.addEventListener("change", () => write(path, sel.value === "" ? null : sel.value === "true" ? true : sel.value === "false" ? false : sel.value));
+      return {node: sel, focus: sel, set: (v) => { sel.value = v === null || v === undefined ? "" : String(v); }};
     }
     if (prop.type === "array" && prop.items && deref(S, prop.items).enum) {   // several of a fixed set
-      const opts = deref(S, prop.items).enum;
-      return el("div", {class: "toggles", id}, opts.map((o) => {
-        const cb = el("input", {type: "checkbox", value: o}); cb.checked = (value || []).includes(o);
-        cb.addEventListener("change", () => onchange([...document.querySelectorAll(`#${id} input:checked`)].map((c) => c.value)));
-        return el("label", {}, cb, o);
-      }));
+      const all = deref(S, prop.items).enum;
+      const boxes = all.map((o) => { const cb = el("input", {type: "checkbox", value: o});
+        cb.addEventListener("change", () => write(path, boxes.filter((c) => c.checked).map((c) => c.value))); return cb; });
+      return {node: el("div", {class: "toggles", id}, boxes.map((cb) => el("label", {}, cb, name(cb.value)))), focus: boxes[0],
+              set: (v) => boxes.forEach((cb) => { cb.checked = (v || []).includes(cb.value); })};
     }
     if (prop.type === "array" || prop.type === "object" || prop.anyOf) {       // lists: one per line; dicts: JSON
-      const isList = prop.type === "array";
-      const ta = el("textarea", {id, rows: 3});
-      ta.value = isList ? (value || []).map((v) => (typeof v === "string" ? v : JSON.stringify(v))).join("\n") : JSON.stringify(value ?? {});
+      const isList = prop.type === "array", ta = el("textarea", {id, rows: 3});
       ta.addEventListener("change", () => {
-        if (isList) onchange(ta.value.split("\n").map((l) => l.trim()).filter(Boolean).map((l) => (l.startsWith("{") ? JSON.parse(l) : l)));
-        else { try { onchange(JSON.parse(ta.value || "{}")); } catch { onchange(ta.value); } }
+        if (isList) write(path, ta.value.split("\n").map((l) => l.trim()).filter(Boolean).map((l) => { try { return l.startsWith("{") ? JSON.parse(l) : l; } catch { return l; } }));
+        else { try { write(path, JSON.parse(ta.value.trim() || "{}")); } catch (e) { showLocal(path, `not JSON: ${e.message}; write e.g. {"eta_min": 1e-6}`); } }
       });
-      return ta;
+      return {node: ta, focus: ta, set: (v) => { if (document.activeElement === ta) return;
+        ta.value = isList ? (v || []).map((x) => (typeof x === "string" ? x : JSON.stringify(x))).join("\n") : JSON.stringify(v ?? {}); }};
     }
     const num = prop.type === "integer" || prop.type === "number";
     const inp = el("input", {type: num ? "number" : "text", id, step: prop.type === "number" ? "any" : undefined,
-                             list: path.endsWith(".folder_path") ? "dataset-folders" : undefined});
-    inp.value = value ?? "";
+      list: path.endsWith(".folder_path") ? "dataset-folders" : path === "job.device" ? "devices" : undefined,
+      placeholder: prop.nullable ? "(none)" : undefined});
     inp.addEventListener("change", () => {
       const raw = inp.value.trim();
-      onchange(raw === "" ? (prop.nullable ? null : undefined) : num ? Number(raw) : raw);
+      if (prop.nullable && (raw === "" || /^(null|none|~)$/i.test(raw))) write(path, null);   // cleared on purpose
+      else write(path, raw === "" ? undefined : num ? Number(raw) : raw);
     });
-    return inp;
+    return {node: inp, focus: inp, set: (v) => { if (document.activeElement !== inp) inp.value = v ?? ""; }};
   }
 
-  function field(path, prop, value) {
-    const name = path.split(".").pop();
-    return el("div", {class: "field", "data-path": path},
-      el("label", {for: "f-" + path.replace(/\./g, "-")}, name.replace(/_/g, " ")),
-      input(path, prop, value),
-      prop.description ? el("div", {class: "help"}, prop.description.replace(/``/g, "")) : null,
+  function field(path, label, prop) {
+    const c = input(path, prop);
+    const reset = el("button", {class: "reset hidden", type: "button", title: "back to the default", "data-reset": path,
+      onclick: () => write(path, undefined)}, "↺");
+    controls.set(path, {...c, reset});
+    const help = prop.description ? prop.description.replace(/``/g, "") : "";
+    return el("div", {class: "field", "data-path": path, title: help},
+      el("label", {for: "f-" + path.replace(/\./g, "-")}, label, reset), c.node,
+      help ? el("div", {class: "help"}, firstSentence(help)) : null,
       el("div", {class: "err", "data-err": path}));
   }
+  const schemaOf = (path) => fieldSchema(S, path.replace(/^datasets\.\d+\./, "datasets."));
 
   function render() {
-    const cfg = resolved || draft;
-    panels.replaceChildren();
+    controls.clear(); panels.replaceChildren();
+    const openFolds = new Set([...document.querySelectorAll("details.more[open]")].map((d) => d.dataset.panel));
     for (const p of s.panels) {
       const box = el("div", {class: "panel" + (p.list ? " wide" : ""), id: "panel-" + p.id}, el("h2", {}, p.title));
+      const fill = (target, entries, prefix) => { for (const f of entries) { const path = prefix + f.path, prop = schemaOf(path);
+        if (prop) target.append(field(path, f.label, prop)); } };
+      const fold = (entries, prefix, key) => { if (!entries.length) return null;
+        const d = el("details", {class: "more", "data-panel": key}, el("summary", {}, `More settings (${entries.length})`));
+        if (openFolds.has(key)) d.open = true; fill(d, entries, prefix); return d; };
       if (p.list) {
         (draft[p.list] || []).forEach((_, i) => {
           const card = el("div", {class: "dataset", "data-index": i}, el("h2", {}, `Dataset ${i + 1}`));
-          for (const f of p.fields) {
-            const path = `${p.list}.${i}.${f}`, prop = fieldSchema(S, `${p.list}.${f}`);
-            if (prop) card.append(field(path, prop, getAt(cfg, path)));
-          }
-          card.append(el("button", {class: "secondary", onclick: () => { draft[p.list].splice(i, 1); schedule(true); }}, "Remove dataset"));
+          fill(card, p.fields, `${p.list}.${i}.`);
+          const more = fold(p.more, `${p.list}.${i}.`, `${p.id}-${i}`); if (more) card.append(more);
+          card.append(el("button", {class: "secondary", onclick: () => { draft[p.list].splice(i, 1); saveDraft(); schedule(true); }}, "Remove dataset"));
           box.append(card);
         });
-        box.append(el("button", {class: "secondary", id: "add-dataset", onclick: () => { (draft[p.list] ||= []).push({folder_path: ""}); schedule(true); }}, "Add dataset"));
+        box.append(el("button", {class: "secondary", id: "add-dataset", onclick: () => { (draft[p.list] ||= []).push({folder_path: ""}); saveDraft(); schedule(true); }}, "Add dataset"));
       } else {
-        const present = p.fields.filter((f) => fieldSchema(S, f));
-        for (const f of present) box.append(field(f, fieldSchema(S, f), getAt(cfg, f)));
-        if (!present.length) box.append(el("p", {class: "muted"}, "This build has no settings here yet: weights stay in model.dtype."));
+        fill(box, p.fields, ""); const more = fold(p.more, "", p.id); if (more) box.append(more);
       }
       panels.append(box);
     }
     $("#panel-training")?.append(el("div", {class: "field", "data-path": "train.timesteps"},
       el("label", {}, "Noise levels trained (t = 1000 is pure noise)"), el("canvas", {id: "timestep-curve", width: 330, height: 130}),
       el("div", {class: "help"}, "blue: how often each noise level is drawn; orange: its loss weight (zlora config timesteps)")));
+    sync();
   }
-
-  function showErrors(errors) {
+  function sync() {     // every control shows the state: what the user set, else what it resolves to
+    for (const [path, c] of controls) {
+      c.set(valueAt(path));
+      c.reset.classList.toggle("hidden", getAt(draft, path) === undefined);
+    }
+  }
+  function showLocal(path, msg) { const spot = document.querySelector(`[data-err="${path}"]`); if (spot) { spot.textContent = msg; spot.parentElement.classList.add("invalid"); } }
+  function showErrors(list) {
+    errors = list;
     document.querySelectorAll("[data-err]").forEach((e) => { e.textContent = ""; e.parentElement.classList.remove("invalid"); });
     const loose = [];
-    for (const {loc, msg} of errors) {
+    for (const {loc, msg} of list) {
       const spot = document.querySelector(`[data-err="${locToPath(loc)}"]`);
-      if (spot) { spot.textContent = msg; spot.parentElement.classList.add("invalid"); } else loose.push(msg);
+      if (spot) { spot.textContent = spot.textContent ? `${spot.textContent}\n${msg}` : msg; spot.parentElement.classList.add("invalid"); }
+      else loose.push(msg);
     }
     formErr.textContent = loose.join("\n");
+    yamlErr.textContent = list.map(({loc, msg}) => (loc ? `${locToPath(loc)}: ${msg}` : msg)).join("\n");
+    problemsBtn.textContent = `${list.length} problem${list.length === 1 ? "" : "s"}: show the first`;
+    problemsBtn.classList.toggle("hidden", !list.length);
+  }
+  function jumpToProblem() {
+    const spot = document.querySelector(".field.invalid") || (formErr.textContent ? formErr : null);
+    if (!spot) return;
+    const fold = spot.closest("details"); if (fold) fold.open = true;
+    spot.scrollIntoView({block: "center"});
+    spot.querySelector?.("input, select, textarea")?.focus();
   }
 
   let timer = null;
   function schedule(rerender = false) { clearTimeout(timer); timer = setTimeout(() => update(rerender), 150); }
   async function update(rerender) {
-    const r = await api("POST", "/api/config/resolve", {config: draft});
-    const archChanged = resolved && r.config && resolved.model.arch !== r.config.model.arch;
-    resolved = r.config; lastYaml = r.yaml;
-    if (rerender || archChanged || !panels.childElementCount) render();
-    else if (resolved) syncValues();
+    const sent = JSON.stringify(draft);
+    const r = await api("POST", "/api/config/resolve", {config: draft, baseline: true, check_environment: true});
+    if (sent !== JSON.stringify(draft)) return;   // an older answer: a newer request is on its way
+    if (r.config) resolved = r.config;
+    lastYaml = r.yaml;
+    const count = (draft.datasets || []).length;
+    if (rerender || !panels.childElementCount || panels.querySelectorAll(".dataset").length !== count) render(); else sync();
     showErrors(r.errors);
     if (r.timesteps) drawTimesteps($("#timestep-curve"), r.timesteps);
     $("#submit").disabled = false;
     refreshYaml();
   }
-  function syncValues() {      // show resolved values (presets, defaults) in fields the user did not type in
-    document.querySelectorAll(".field").forEach((f) => {
-      const path = f.dataset.path; if (getAt(draft, path) !== undefined) return;
-      const prop = path.startsWith("datasets.") ? fieldSchema(S, "datasets." + path.split(".").slice(2).join(".")) : fieldSchema(S, path);
-      f.replaceWith(field(path, prop, getAt(resolved, path)));
-    });
+  function toggleYaml() {
+    const shown = yamlPanel.classList.toggle("hidden") === false;
+    layout.classList.toggle("with-yaml", shown); advBtn.textContent = shown ? "Hide Advanced" : "Show Advanced"; refreshYaml();
   }
-  function refreshYaml() { if (!yamlPanel.classList.contains("hidden")) yamlBox.value = lastYaml || JSON.stringify(draft, null, 2); }
+  function refreshYaml() {
+    if (!yamlPanel.classList.contains("hidden") && document.activeElement !== yamlBox) yamlBox.value = lastYaml || JSON.stringify(draft, null, 2);
+  }
   async function applyYaml() {
-    try { draft = (await api("POST", "/api/config/parse", {yaml: yamlBox.value})).config; formErr.textContent = ""; schedule(true); }
-    catch (e) { formErr.textContent = (e.detail || []).map((d) => d.msg).join("\n") || e.message; }
+    try { draft = (await api("POST", "/api/config/parse", {yaml: yamlBox.value, baseline: true})).config; yamlErr.textContent = "";
+          saveDraft(); yamlBox.blur(); schedule(true); }
+    catch (e) { yamlErr.textContent = (e.detail || []).map((d) => d.msg).join("\n") || e.message; }
   }
   async function submitJob() {
+    clearTimeout(timer); await update(false);     // the very config on screen, checked as `zlora train` would
+    if (errors.length) { jumpToProblem(); return; }
     $("#submit").disabled = true;
     try {
-      const r = await api("POST", "/api/jobs", {config_yaml: JSON.stringify(draft), start: true});
-      draft = null; location.hash = `#/jobs/${r.id}`;
+      const body = {config_yaml: JSON.stringify(draft), start: true, baseline: true};
+      const r = editing ? await api("PUT", `/api/jobs/${editing}/config`, body) : await api("POST", "/api/jobs", body);
+      draft = null; editing = null; localStorage.removeItem(DRAFT_KEY); location.hash = `#/jobs/${r.id}`;
     } catch (e) {
       $("#submit").disabled = false;
-      if (Array.isArray(e.detail)) showErrors(e.detail); else formErr.textContent = e.detail || e.message;
+      if (Array.isArray(e.detail)) showErrors(e.detail); else { formErr.textContent = e.detail || e.message; showErrors([{loc: "", msg: e.detail || e.message}]); }
+      jumpToProblem();
     }
   }
   await update(true);
 }
 
 // ------------------------------------------------------------------ job list
-async function jobAction(id, action) {
+async function jobAction(id, action, job = null, force = false) {
   if (action === "delete") {
     if (!confirm(`Delete job ${id}? The run folder this job made goes with it (checkpoints, samples, LoRAs); a folder that existed before the job, and datasets, stay.`)) return;
     const r = await api("DELETE", `/api/jobs/${id}`);
     if (r.kept) alert(r.kept);
   } else if (action === "duplicate") {
-    const r = await api("POST", `/api/jobs/${id}/duplicate`);
-    draft = (await api("POST", "/api/config/parse", {yaml: r.config_yaml})).config;
-    location.hash = "#/new"; return;
+    await openInForm((await api("POST", `/api/jobs/${id}/duplicate`)).config_yaml); return;
+  } else if (action === "edit") {
+    await openInForm((await api("GET", `/api/jobs/${id}`)).config_yaml, id); return;
+  } else if (action === "resume" && job && job.status === "failed" && !force) {
+    // a failed job rerun as it is fails again: say why it failed, offer to change the settings first
+    openFailed = id;
+    if (!location.hash.startsWith(`#/jobs/${id}`)) { location.hash = `#/jobs/${id}`; return; }
+    const box = $("#resume-failed"); if (box) box.classList.remove("hidden"); return;
   } else await api("POST", `/api/jobs/${id}/${action}`);
-  window.addEventListener("DOMContentLoaded", route);
 }
+let openFailed = null;   // the failed job whose "why it failed" box the job page opens
+const shownStatus = (j) => (j.status === "running" && j.phase === "starting" ? "starting" : j.status);
 function actions(job) {
-  const b = (a, label, cls = "secondary") => el("button", {class: cls, "data-action": a, onclick: () => jobAction(job.id, a)}, label);
+  const b = (a, label, cls = "secondary") => el("button", {class: cls, "data-action": a, onclick: () => jobAction(job.id, a, job)}, label);
   return [job.status === "running" || job.status === "queued" ? b("stop", "Stop") : null,
           ["stopped", "interrupted", "failed"].includes(job.status) ? b("resume", "Resume") : null,
+          ["stopped", "failed"].includes(job.status) ? b("edit", "Edit") : null,
           b("duplicate", "Duplicate"),
           ["running", "stopping"].includes(job.status) ? null : b("delete", "Delete", "danger")];
 }
@@ -282,7 +359,7 @@ async function jobsPage() {
     const jobs = await api("GET", "/api/jobs");
     body.replaceChildren(...jobs.slice().reverse().map((j) => el("tr", {"data-id": j.id},
       el("td", {}, j.id), el("td", {}, el("a", {href: `#/jobs/${j.id}`}, j.name)),
-      el("td", {}, el("span", {class: `status ${j.status}`}, j.status)),
+      el("td", {}, el("span", {class: `status ${j.status}`}, shownStatus(j))),
       el("td", {}, `${j.step} / ${j.steps}`), el("td", {}, fmt.num(j.loss)), el("td", {}, fmt.num(j.s_per_step, 3)),
       el("td", {}, fmt.secs(j.eta_s)), el("td", {}, el("div", {class: "toolbar"}, actions(j))))));
     if (!jobs.length) body.append(el("tr", {}, el("td", {colspan: 8, class: "muted"}, "No jobs yet: create one under New Training Job.")));
@@ -330,6 +407,7 @@ function drawTimesteps(canvas, table) {   // the sampling density and the loss w
 
 function zoom(src, caption) { $("#modal-img").src = src; $("#modal-caption").textContent = caption; $("#modal").classList.remove("hidden"); }
 $("#modal").addEventListener("click", () => $("#modal").classList.add("hidden"));
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("#modal").classList.add("hidden"); });
 
 async function jobPage(id) {
   const view = $("#view");
@@ -350,17 +428,26 @@ async function jobPage(id) {
 
   function showJob(j) {
     job = j;
-    head.replaceChildren(el("h1", {}, `${j.name} `, el("span", {class: `status ${j.status}`, id: "job-status"}, j.status)),
+    const failedBox = el("div", {class: "panel hidden", id: "resume-failed"},
+      el("b", {}, "This job failed:"), el("div", {class: "err"}, j.error || "(no message: see the log below)"),
+      el("div", {class: "muted"}, "Resumed as it is, it runs the same settings again. Edit changes them first (a job without checkpoints)."),
+      el("div", {class: "toolbar"}, el("button", {"data-action": "edit", onclick: () => jobAction(j.id, "edit", j)}, "Edit settings"),
+        el("button", {class: "secondary", "data-action": "resume-anyway", onclick: () => jobAction(j.id, "resume", j, true)}, "Resume anyway")));
+    const wasOpen = ($("#resume-failed") && !$("#resume-failed").classList.contains("hidden")) || openFailed === j.id;
+    if (wasOpen && j.status === "failed") failedBox.classList.remove("hidden");
+    openFailed = null;
+    head.replaceChildren(el("h1", {}, `${j.name} `, el("span", {class: `status ${j.status}`, id: "job-status"}, shownStatus(j))),
       el("div", {class: "err", id: "job-error"}, j.error || ""),
-      el("div", {class: "toolbar"}, actions(j)), el("div", {class: "muted"}, `run folder: ${j.run_dir}`));
+      el("div", {class: "toolbar"}, actions(j)), failedBox, el("div", {class: "muted"}, `run folder: ${j.run_dir}`));
     stats.replaceChildren(...[["step", `${j.step} / ${j.steps}`, "stat-step"], ["loss", fmt.num(j.loss), "stat-loss"],
       ["lr", fmt.num(j.lr, 3), "stat-lr"], ["s/step", fmt.num(j.s_per_step, 3), "stat-speed"], ["ETA", fmt.secs(j.eta_s), "stat-eta"]]
       .map(([k, v, sid]) => el("div", {}, el("span", {class: "muted"}, k), el("b", {id: sid}, v))));
   }
+  const promptOf = (s) => s.prompt ?? `prompt ${s.prompt_index + 1}`;
   function renderCompare() {
     const cols = [stepA.value, stepB.value].map((step) => el("div", {class: "col"}, el("b", {}, `step ${step}`),
-      sampleList.filter((s) => String(s.step) === step).map((s) => el("img", {src: s.url, alt: `step ${s.step} prompt ${s.prompt_index}`,
-        onclick: () => zoom(s.url, `step ${s.step}, prompt ${s.prompt_index + 1}, seed ${s.seed}`)}))));
+      sampleList.filter((s) => String(s.step) === step).map((s) => el("img", {src: s.url, alt: `step ${s.step} prompt ${s.prompt_index + 1}`,
+        title: promptOf(s), onclick: () => zoom(s.url, `step ${s.step}, seed ${s.seed}: ${promptOf(s)}`)}))));
     compare.replaceChildren(...cols);
   }
   function renderJudge(rows) {
@@ -378,9 +465,9 @@ async function jobPage(id) {
     const here = sampleList.filter((s) => s.step === shownStep);
     const prompts = [...new Set(here.map((s) => s.prompt_index))];
     gallery.replaceChildren(tabs, ...prompts.map((p) => el("div", {class: "row", "data-step": shownStep, "data-prompt": p},
-      el("span", {}, `prompt ${p + 1}`),
+      el("span", {class: "prompt", title: promptOf(here.find((s) => s.prompt_index === p))}, promptOf(here.find((s) => s.prompt_index === p))),
       here.filter((s) => s.prompt_index === p).map((s) => el("img", {src: s.url, alt: `step ${s.step} prompt ${p + 1} seed ${s.seed}`,
-        onclick: () => zoom(s.url, `step ${s.step}, prompt ${p + 1}, seed ${s.seed}`)})))));
+        onclick: () => zoom(s.url, `step ${s.step}, seed ${s.seed}: ${promptOf(s)}`)})))));
   }
   async function refreshSlow() {
     const [metrics, samples, fl, lg] = await Promise.all([api("GET", `/api/jobs/${id}/metrics`), api("GET", `/api/jobs/${id}/samples`),
@@ -393,11 +480,14 @@ async function jobPage(id) {
       const steps = [...new Set(samples.map((s) => s.step))];
       if (newest || !steps.includes(shownStep)) shownStep = steps[steps.length - 1];
       renderGallery(steps);
-      const keep = [stepA.value, stepB.value];
-      for (const [sel, fallback] of [[stepA, steps[0]], [stepB, steps[steps.length - 1]]]) {
+      // A follows the first step and B the newest unless the user picked another; a live run's new step moves B on
+      const newestBefore = stepB.dataset.newest, keep = [stepA.value, stepB.value];
+      for (const [i, sel, fallback] of [[0, stepA, steps[0]], [1, stepB, steps[steps.length - 1]]]) {
         sel.replaceChildren(...steps.map((st) => el("option", {value: st}, `step ${st}`)));
-        sel.value = steps.map(String).includes(keep[sel === stepA ? 0 : 1]) ? keep[sel === stepA ? 0 : 1] : fallback;
+        const follow = i === 1 && (!keep[1] || keep[1] === newestBefore);
+        sel.value = !follow && steps.map(String).includes(keep[i]) ? keep[i] : fallback;
       }
+      stepB.dataset.newest = String(steps[steps.length - 1]);
       renderCompare();
     }
     files.replaceChildren(...fl.map((f) => el("li", {}, el("a", {href: f.url, download: f.name}, f.name))));

@@ -21,11 +21,12 @@ async function datasetsPage() {
   const path = el("input", {type: "text", id: "ds-path", placeholder: "or an existing folder (used in place)"});
   const msg = el("div", {class: "err", id: "ds-msg"});
   const detail = el("div", {id: "dataset"});
+  let all = [];
   view.replaceChildren(el("h1", {}, "Datasets"),
     el("div", {class: "panel"}, el("div", {class: "toolbar"}, name, path,
       el("button", {id: "ds-create", onclick: create}, "Create")), msg), el("h2", {}, "Datasets"), list, detail);
   async function refresh(select) {
-    const all = await api("GET", "/api/datasets");
+    all = await api("GET", "/api/datasets");
     list.replaceChildren(...all.map((d) => el("button", {class: d.name === select ? "" : "secondary", "data-name": d.name,
       onclick: () => { location.hash = `#/datasets/${encodeURIComponent(d.name)}`; }}, `${d.name} (${d.images})`)));
   }
@@ -46,12 +47,14 @@ async function showDataset(name, box, onChange) {
   const drop = el("div", {class: "panel", id: "ds-drop"}, "Drop images and .txt captions here, or ", files);
   const report = el("div", {class: "err", id: "ds-upload"});
   const grid = el("div", {id: "ds-grid", class: "ds-grid"});
+  const where = el("div", {class: "muted", id: "ds-path"});
+  const bulkReport = el("span", {class: "muted", id: "bulk-report"});
   const bulkText = el("input", {type: "text", id: "bulk-text", placeholder: "text"});
   const bulkFind = el("input", {type: "text", id: "bulk-find", placeholder: "find (replace only)"});
   const bulkAction = el("select", {id: "bulk-action"}, ["set", "replace", "prepend", "append", "insert_trigger"].map((a) => el("option", {value: a}, a)));
-  box.replaceChildren(el("h2", {}, `Dataset ${name}`), drop, report,
+  box.replaceChildren(el("h2", {}, `Dataset ${name}`), where, drop, report,
     el("div", {class: "toolbar"}, "bulk:", bulkAction, bulkFind, bulkText, el("button", {id: "bulk-apply", onclick: bulk}, "Apply to all"),
-      "resolutions:", res, el("button", {class: "secondary", onclick: load}, "Refresh")), grid);
+      bulkReport, "resolutions:", res, el("button", {class: "secondary", onclick: load}, "Refresh")), grid);
   async function send(list, overwrite) {
     const form = new FormData(); for (const f of list) form.append("files", f);
     if (overwrite) form.append("overwrite", "true");
@@ -72,11 +75,13 @@ async function showDataset(name, box, onChange) {
   drop.addEventListener("dragover", (e) => e.preventDefault());
   drop.addEventListener("drop", (e) => { e.preventDefault(); upload(e.dataTransfer.files); });
   async function bulk() {
-    await api("POST", `/api/datasets/${encodeURIComponent(name)}/captions`, {action: bulkAction.value, text: bulkText.value, find: bulkFind.value});
+    const r = await api("POST", `/api/datasets/${encodeURIComponent(name)}/captions`, {action: bulkAction.value, text: bulkText.value, find: bulkFind.value});
+    bulkReport.textContent = `${r.changed} of ${r.images} captions changed` + (r.created ? `; ${r.created} new caption file${r.created === 1 ? "" : "s"} (those images had none)` : "");
     await load();
   }
   async function load() {
     const ds = await api("GET", `/api/datasets/${encodeURIComponent(name)}?resolutions=${encodeURIComponent(res.value)}`);
+    where.textContent = `folder: ${ds.path} · ${ds.images.length} images (use this path as a dataset's folder in a job)`;
     grid.replaceChildren(...ds.images.map((im) => {
       const ta = el("textarea", {rows: 2, "data-image": im.name}); ta.value = im.caption ?? "";
       let timer = null, saved = el("span", {class: "muted"}, im.caption === null ? "no caption file" : "");
@@ -100,11 +105,11 @@ async function lorasPage() {
   const upload = el("input", {type: "file", id: "lora-upload", accept: ".safetensors"});
   const out = el("div", {id: "lora-result"});
   const report = el("pre", {class: "log", id: "lora-report"});
-  const heat = el("div", {id: "lora-heat"});
+  const heat = el("div", {id: "lora-heat", class: "scroll-x"});
   const msg = el("div", {class: "err", id: "lora-msg"});
-  const comps = sch.vocab.sliders;
-  const sliders = comps.map((c) => { const s = el("input", {type: "range", min: 0, max: 2, step: 0.05, value: 1, id: `s-${c}`});
-    const v = el("span", {}, "1.00"); s.addEventListener("input", () => { v.textContent = Number(s.value).toFixed(2); }); return [c, s, v]; });
+  const sliders = sch.vocab.sliders.map((c) => { const s = el("input", {type: "range", min: 0, max: 2, step: 0.05, value: 1, id: `s-${c}`});
+    const v = el("span", {}, "1.00"); s.addEventListener("input", () => { v.textContent = Number(s.value).toFixed(2); });
+    const row = el("div", {class: "field", "data-group": c}, el("label", {for: `s-${c}`}, c), s, v); return [c, s, v, row]; });
   const curve = el("input", {type: "text", id: "lora-layers", placeholder: 'per layer, e.g. "0-9:0.5,20-29:1.2"'});
   const layerBars = el("div", {class: "curve", id: "lora-curve", title: "per-layer multipliers (drag; writes the layers field)"});
   const layersLabel = el("label", {}, "layers");
@@ -118,63 +123,73 @@ async function lorasPage() {
   const to = el("select", {id: "lora-to"}, sch.lora_formats.map((f) => el("option", {value: f.name}, f.label)));
   const mergeBox = el("div", {id: "merge-inputs"});
   const rank = el("input", {type: "number", id: "merge-rank", placeholder: "exact", min: 1});
+  const named = (id) => el("input", {type: "text", id, placeholder: "output name (default: from the input)"});
+  const scaleName = named("scale-name"), convertName = named("convert-name"), mergeName = named("merge-name");
+  const noSliders = el("div", {class: "muted", id: "no-sliders"});
   view.replaceChildren(el("h1", {}, "LoRA tools"),
     el("div", {class: "toolbar"}, "LoRA:", pick, "or upload:", upload), msg,
     el("div", {class: "panels"},
-      el("div", {class: "panel"}, el("h2", {}, "Inspect"), el("button", {id: "lora-inspect", onclick: inspect}, "Inspect"), heat, report),
-      el("div", {class: "panel"}, el("h2", {}, "Scale"), ...sliders.map(([c, s, v]) => el("div", {class: "field"}, el("label", {}, c), s, v)),
-        el("div", {class: "field"}, layersLabel, layerBars, curve), el("div", {class: "field"}, el("label", {}, "ratio"), ratio),
-        el("button", {id: "lora-scale", onclick: scale}, "Scale → new file")),
-      el("div", {class: "panel"}, el("h2", {}, "Convert"), to, el("button", {id: "lora-convert", onclick: convert}, "Convert → new file"),
-        el("h2", {}, "Merge"), mergeBox, el("button", {class: "secondary", id: "merge-add", onclick: addInput}, "Add input"),
-        el("div", {class: "field"}, el("label", {}, "rank (empty: exact)"), rank), el("button", {id: "lora-merge", onclick: merge}, "Merge → new file"))),
+      el("div", {class: "panel wide"}, el("h2", {}, "Inspect"), el("button", {id: "lora-inspect", onclick: inspect}, "Inspect"), heat, report),
+      el("div", {class: "panel"}, el("h2", {}, "Scale"), ...sliders.map(([, , , row]) => row), noSliders,
+        el("div", {class: "field"}, layersLabel, layerBars, curve), el("div", {class: "field"}, el("label", {for: "lora-ratio"}, "ratio"), ratio),
+        scaleName, el("button", {id: "lora-scale", onclick: scale}, "Scale → new file")),
+      el("div", {class: "panel"}, el("h2", {}, "Convert"), el("div", {class: "field"}, el("label", {for: "lora-to"}, "to format"), to),
+        convertName, el("button", {id: "lora-convert", onclick: convert}, "Convert → new file")),
+      el("div", {class: "panel"}, el("h2", {}, "Merge"), mergeBox, el("button", {class: "secondary", id: "merge-add", onclick: addInput}, "Add input"),
+        el("div", {class: "field"}, el("label", {for: "merge-rank"}, "rank (empty: exact)"), rank), mergeName,
+        el("button", {id: "lora-merge", onclick: merge}, "Merge → new file"))),
     el("h2", {}, "Results"), out);
   let loras = [];
-  async function refresh(select) {
+  const options = () => loras.map((l) => el("option", {value: l.lora}, l.name));
+  async function refresh(select) {    // newest first: the LoRA just trained or made is the one picked
     loras = await api("GET", "/api/loras");
-    pick.replaceChildren(...loras.map((l) => el("option", {value: l.lora}, l.name)));
-    if (select) pick.value = select;
-    mergeBox.querySelectorAll("select").forEach((s) => { const v = s.value; s.replaceChildren(...loras.map((l) => el("option", {value: l.lora}, l.name)));
-      if (loras.some((l) => l.lora === v)) s.value = v; });
+    pick.replaceChildren(...options());
+    if (select && loras.some((l) => l.lora === select)) pick.value = select;
+    mergeBox.querySelectorAll("select").forEach((s) => { const v = s.value; s.replaceChildren(...options()); if (loras.some((l) => l.lora === v)) s.value = v; });
   }
   function addInput() {
-    mergeBox.append(el("div", {class: "toolbar merge-input"}, el("select", {}, loras.map((l) => el("option", {value: l.lora}, l.name))),
-      el("input", {type: "number", value: 0.5, step: "any", class: "merge-weight"}),
+    mergeBox.append(el("div", {class: "toolbar merge-input"}, el("select", {}, options()),
+      el("input", {type: "number", value: 0.5, step: "any", class: "merge-weight", title: "weight"}),
       el("input", {type: "text", class: "merge-layers", placeholder: "layers, e.g. 0-9:0.5 (this input only)"})));
   }
   upload.addEventListener("change", async () => {
     const form = new FormData(); form.append("file", upload.files[0]);
     const r = await fetch("/api/lora/upload", {method: "POST", body: form}); const d = await r.json();
     if (!r.ok) { msg.textContent = errText(d); return; }
-    msg.textContent = ""; await refresh(d.lora);
+    msg.textContent = ""; await refresh(d.lora); inspect();
   });
+  pick.addEventListener("change", inspect);     // the sliders and layers follow the LoRA picked
   function result(r) {
     out.prepend(el("div", {class: "toolbar result"}, el("a", {href: r.url, download: r.file}, r.file), el("span", {class: "muted"}, r.report || "")));
     refresh(pick.value);
   }
   async function call(path, body) { msg.textContent = ""; try { return await api("POST", path, body); } catch (e) { msg.textContent = errText(e); return null; } }
   async function inspect() {
+    if (!pick.value) return;
     const r = await call("/api/lora/inspect", {lora: pick.value}); if (!r) return;
     report.textContent = r.report.split("\n\ndelta")[0];
-    const layers = Object.keys(r.table).filter((b) => b.startsWith("layers.")).length;
-    if (layers && layers !== layerBars.childElementCount) drawCurve(layers);
+    for (const [c, s, v, row] of sliders) { const has = r.groups.includes(c); row.classList.toggle("hidden", !has); if (!has) { s.value = 1; v.textContent = "1.00"; } }
+    noSliders.textContent = r.groups.length ? "" : "no component of this LoRA has a slider";
+    if (r.layers !== layerBars.childElementCount) { drawCurve(r.layers); curve.value = ""; }
     const blocks = Object.keys(r.table); const cs = [...new Set(blocks.flatMap((b) => Object.keys(r.table[b])))];
     const max = Math.max(...blocks.flatMap((b) => Object.values(r.table[b])), 1e-12);
     heat.replaceChildren(el("table", {class: "heat"}, el("tr", {}, el("th", {}, "block"), cs.map((c) => el("th", {}, c))),
       blocks.map((b) => el("tr", {}, el("td", {}, b), cs.map((c) => { const v = r.table[b][c];
         return el("td", {style: v === undefined ? "" : `background: rgba(90,169,255,${(v / max).toFixed(3)})`, title: v === undefined ? "" : v.toFixed(4)}, v === undefined ? "–" : v.toFixed(3)); })))));
   }
+  const nameOf = (input) => input.value.trim() || null;
   async function scale() {
-    const components = {}; for (const [c, s] of sliders) if (Number(s.value) !== 1) components[c] = Number(s.value);
-    const r = await call("/api/lora/scale", {lora: pick.value, ratio: Number(ratio.value), components, layers: curve.value}); if (r) result(r);
+    const components = {}; for (const [c, s, , row] of sliders) if (!row.classList.contains("hidden") && Number(s.value) !== 1) components[c] = Number(s.value);
+    const r = await call("/api/lora/scale", {lora: pick.value, ratio: Number(ratio.value), components, layers: curve.value, name: nameOf(scaleName)}); if (r) result(r);
   }
-  async function convert() { const r = await call("/api/lora/convert", {lora: pick.value, to: to.value}); if (r) result(r); }
+  async function convert() { const r = await call("/api/lora/convert", {lora: pick.value, to: to.value, name: nameOf(convertName)}); if (r) result(r); }
   async function merge() {
     const inputs = [...mergeBox.querySelectorAll(".merge-input")].map((d) => ({lora: d.querySelector("select").value,
       weight: Number(d.querySelector(".merge-weight").value), layers: d.querySelector(".merge-layers").value}));
-    const r = await call("/api/lora/merge", {inputs, rank: rank.value ? Number(rank.value) : null}); if (r) result(r);
+    const r = await call("/api/lora/merge", {inputs, rank: rank.value ? Number(rank.value) : null, name: nameOf(mergeName)}); if (r) result(r);
   }
   await refresh(); addInput(); addInput();
+  await inspect();
 }
 
 // ------------------------------------------------------------------ models
@@ -235,17 +250,22 @@ async function generatePage() {
   const s = await schema();
   const view = $("#view");
   const f = (id, attrs = {}) => el("input", {type: "text", id, ...attrs});
-  const arch = el("select", {id: "gen-arch"}, Object.keys(s.arch_presets).map((a) => el("option", {value: a}, a)));
+  const archNames = s.option_labels["model.arch"] || {};
+  const arch = el("select", {id: "gen-arch"}, el("option", {value: ""}, "built-in model (its own settings)"),
+    Object.keys(s.arch_presets).map((a) => el("option", {value: a}, archNames[a] || a)));
   const model = f("gen-model", {value: "builtin:shapes"}), prompt = f("gen-prompt", {placeholder: "prompt"}), neg = f("gen-neg", {placeholder: "negative (with guidance > 0)"});
   const steps = f("gen-steps", {type: "number"}), guidance = f("gen-guidance", {type: "number", step: "any"}), seed = f("gen-seed", {type: "number", value: 42});
   const width = f("gen-width", {type: "number", value: 1024, step: 16}), height = f("gen-height", {type: "number", value: 1024, step: 16});
   // a built-in model typed or left in the model field brings its own steps, guidance and size
-  const builtin = () => { const b = s.builtin_sampling[model.value.trim()]; if (b) { steps.value = b.steps; guidance.value = b.guidance; width.value = b.width; height.value = b.height; } };
+  const builtin = () => { const b = s.builtin_sampling[model.value.trim()];
+    if (b) { arch.value = ""; steps.value = b.steps; guidance.value = b.guidance; width.value = b.width; height.value = b.height; }
+    else if (!arch.value) arch.value = Object.keys(s.arch_presets).find((a) => s.arch_presets[a].name_or_path === model.value.trim()) || arch.value; };
   model.addEventListener("change", builtin);
   const loraBox = el("div", {id: "gen-loras"});
   const msg = el("div", {class: "err", id: "gen-msg"}), result = el("div", {id: "gen-result"});
-  const defaults = () => { const p = s.arch_presets[arch.value]; steps.value = p.sample_steps; guidance.value = p.guidance_scale; };
-  arch.addEventListener("change", () => { model.value = s.arch_presets[arch.value].name_or_path; defaults(); });
+  const defaults = () => { const p = s.arch_presets[arch.value]; if (p) { steps.value = p.sample_steps; guidance.value = p.guidance_scale; } };
+  arch.addEventListener("change", () => { if (!arch.value) { model.value = "builtin:shapes"; builtin(); return; }
+    model.value = s.arch_presets[arch.value].name_or_path; defaults(); });
   const field = (label, input) => el("div", {class: "field"}, el("label", {}, label), input);
   view.replaceChildren(el("h1", {}, "Generate"), el("div", {class: "panels"},
     el("div", {class: "panel"}, field("architecture (fills model, steps, guidance)", arch), field("model", model), field("prompt", prompt), field("negative", neg),
@@ -257,18 +277,20 @@ async function generatePage() {
   const loras = await api("GET", "/api/loras");
   function addLora() {
     loraBox.append(el("div", {class: "toolbar gen-lora"}, el("select", {}, loras.map((l) => el("option", {value: l.lora}, l.name))),
-      el("input", {type: "number", value: 0.8, step: 0.05}), el("button", {class: "secondary", onclick: (e) => e.target.parentElement.remove()}, "×")));
+      el("label", {}, "weight", el("input", {type: "number", value: 0.8, step: 0.05, class: "gen-weight"})),
+      el("button", {class: "secondary", title: "remove", onclick: (e) => e.target.parentElement.remove()}, "×")));
   }
   async function run() {
     msg.textContent = "";
     const body = {model: model.value.trim(), prompt: prompt.value, negative: neg.value, steps: Number(steps.value), guidance: Number(guidance.value),
       seed: Number(seed.value), width: Number(width.value), height: Number(height.value),
-      loras: [...loraBox.querySelectorAll(".gen-lora")].map((d) => ({lora: d.querySelector("select").value, weight: Number(d.querySelector("input").value)}))};
+      loras: [...loraBox.querySelectorAll(".gen-lora")].map((d) => ({lora: d.querySelector("select").value, weight: Number(d.querySelector(".gen-weight").value)}))};
     let id;
     try { id = (await api("POST", "/api/generate", body)).id; } catch (e) { msg.textContent = errText(e); return; }
     result.replaceChildren(el("span", {class: "muted", id: "gen-status"}, "generating…"));
     const t = await waitTask(id, () => {});
     if (t.status === "done") result.replaceChildren(el("img", {src: `${t.image}?t=${Date.now()}`, id: "gen-image", class: "generated", onclick: () => zoom(t.image, body.prompt)}),
+      el("div", {class: "toolbar"}, el("a", {href: t.image, download: `zlora-${body.seed}.png`, id: "gen-download"}, "Download the image")),
       el("pre", {class: "log"}, JSON.stringify(body, null, 1)));
     else result.replaceChildren(el("div", {class: "err", id: "gen-error"}, t.message || t.status));
   }
