@@ -75,6 +75,7 @@ def test_the_examples_map_every_setting(name, arch, model, adapter, bias, save_d
         832,
     )
     assert cfg.sample.walk_seed and cfg.sample.sample_every == 250
+    assert cfg.model.low_vram is False and cfg.model.blocks_to_swap is None  # low_vram: false, no offloading
     text = "\n".join(notes)
     assert (cfg.model.quantize, cfg.model.qtype, cfg.model.quantize_te, cfg.model.qtype_te) == (
         True,
@@ -85,7 +86,6 @@ def test_the_examples_map_every_setting(name, arch, model, adapter, bias, save_d
     for unsupported in (
         "train.switch_boundary_every: no zlora equivalent",
         "logging: no zlora equivalent",
-        "model.low_vram: no zlora equivalent",
         "datasets[0].flip_y: no zlora equivalent",
     ):
         assert unsupported in text

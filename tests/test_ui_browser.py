@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from browser import choose, needs_browser, shot, type_into, wait  # noqa: F401 - the fixture
+from browser import choose, click, needs_browser, shot, type_into, wait  # noqa: F401 - the fixture
 from uiserver import UIServer
 
 from conftest import REPO
@@ -115,7 +115,11 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
         shot(d, "job", tmp_path)
 
         # duplicate as a new job, stop it mid-way, resume it
-        d.find_element(By.CSS_SELECTOR, "button[data-action=duplicate]").click()
+        wait(
+            lambda: click(d, d.find_element(By.CSS_SELECTOR, "button[data-action=duplicate]")),
+            10,
+            "button[data-action=duplicate]",
+        )  # re-rendered as status moves
         wait(
             lambda: d.find_element(By.ID, "f-job-name").get_attribute("value") == "browser1-2", 20, "the copy"
         )
@@ -129,17 +133,31 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
             "the copy to run",
         )
         wait(lambda: int(d.find_element(By.ID, "stat-step").text.split(" / ")[0]) >= 5, 60, "a few steps")
-        d.find_element(By.CSS_SELECTOR, "button[data-action=stop]").click()
+        wait(
+            lambda: click(d, d.find_element(By.CSS_SELECTOR, "button[data-action=stop]")),
+            10,
+            "button[data-action=stop]",
+        )  # re-rendered as status moves
         wait(lambda: d.find_element(By.ID, "job-status").text == "stopped", 60, "the stop")
         assert d.find_element(By.ID, "stat-eta").text == "–"  # a stopped job has no ETA
         at = int(d.find_element(By.ID, "stat-step").text.split(" / ")[0])
-        d.find_element(By.CSS_SELECTOR, "button[data-action=resume]").click()
+        wait(
+            lambda: click(d, d.find_element(By.CSS_SELECTOR, "button[data-action=resume]")),
+            10,
+            "button[data-action=resume]",
+        )  # re-rendered as status moves
         wait(lambda: int(d.find_element(By.ID, "stat-step").text.split(" / ")[0]) > at + 3, 90, "training on")
         wait(lambda: "resumed from" in d.find_element(By.ID, "log").text, 20, "the resume in the log")
         d.get(server.url + "/#/jobs")
         wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#jobs tr[data-id]")) == 2, 10, "the job list")
         shot(d, "jobs", tmp_path)
-        d.find_element(By.CSS_SELECTOR, "#jobs tr[data-id='2'] button[data-action=stop]").click()
+        wait(
+            lambda: click(
+                d, d.find_element(By.CSS_SELECTOR, "#jobs tr[data-id='2'] button[data-action=stop]")
+            ),
+            10,
+            "#jobs tr[data-id='2'] button[data-action=stop]",
+        )  # re-rendered as status moves
         wait(
             lambda: "stopped" in d.find_element(By.CSS_SELECTOR, "#jobs tr[data-id='2']").text, 60, "stopped"
         )

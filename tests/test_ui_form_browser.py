@@ -115,6 +115,16 @@ def test_the_form_shows_what_trains_in_the_guides_words(browser, tmp_path):
             and _value(d, "f-model-assistant_lora_path") == ""
         )
 
+        # the guide's Low VRAM / Layer Offloading in the Model panel: a switch and a block count (a number or auto)
+        model_panel = d.find_element(By.ID, "panel-model").text
+        assert "Low VRAM" in model_panel and "Layer Offloading (blocks to swap)" in model_panel
+        type_into(d, "f-model-blocks_to_swap", "8")
+        assert _config(d)["model"]["blocks_to_swap"] == 8
+        type_into(d, "f-model-blocks_to_swap", "auto")
+        assert _config(d)["model"]["blocks_to_swap"] == "auto"
+        type_into(d, "f-model-blocks_to_swap", "")
+        assert _config(d)["model"]["blocks_to_swap"] is None
+
         # errors where the user is: checked as `zlora train` would, at edit time, counted in the sticky bar
         type_into(d, "f-model-name_or_path", "builtin:tiny")
         type_into(d, "f-datasets-0-folder_path", str(tmp_path / "no-such-folder"))

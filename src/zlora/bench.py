@@ -105,6 +105,8 @@ def run_bench(
         }
         cfg = parse_config(apply_overrides(raw, overrides), source="zlora bench")
         trainer = Trainer(cfg)
+        if torch.cuda.is_available():  # the peak counts loading too: nothing is reset after setup
+            torch.cuda.reset_peak_memory_stats()
         trainer.setup()
         dev = trainer.device
         try:
@@ -112,13 +114,13 @@ def run_bench(
             for _ in range(warmup):
                 trainer.step_once()
             _sync(dev)
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
+            moved = trainer.placement.bytes_moved
             start = time.perf_counter()
             for _ in range(steps):
                 trainer.step_once()
             _sync(dev)
             trainer_s = (time.perf_counter() - start) / steps
+            moved = (trainer.placement.bytes_moved - moved) / steps
             peak = peak_memory_gib(dev)
 
             # (b) the floor: same model, same shapes, a bare loop
@@ -174,6 +176,9 @@ def run_bench(
         "peak_mem_gib": peak,
         "weights_gib": weights,
         "compiled": trainer.compiled,
+        "swapped_blocks": list(trainer.placement.swapped),
+        "moved_gib_per_step": moved / 2**30,
+        "placement": trainer.placement.plan.describe() if trainer.placement.plan else "",
     }
 
 
@@ -187,8 +192,23 @@ def report(r: dict) -> str:
             f"bare floor:    {r['floor_s_per_step']:.4f} s/step   ratio floor/trainer {r['ratio']:.3f}",
             f"throughput:    {r['achieved_tflops']:.2f} TFLOP/s achieved (estimate), matmul peak {r['peak_tflops']:.2f},"
             f" MFU {100 * r['mfu']:.1f}%",
-            f"memory:        peak {r['peak_mem_gib']:.2f} GiB, transformer weights {r['weights_gib']:.3f} GiB",
+            f"memory:        peak {r['peak_mem_gib']:.2f} GiB (loading included), transformer weights "
+            f"{r['weights_gib']:.3f} GiB",
         ]
+        + (
+            [
+                f"offloading:    {r['placement']}",
+                f"               {r['moved_gib_per_step']:.2f} GiB moved per step"
+                + (
+                    f"; unswapped step {r['unswapped_s_per_step']:.4f} s, swapped/unswapped "
+                    f"{r['swap_ratio']:.3f}"
+                    if "swap_ratio" in r
+                    else ""
+                ),
+            ]
+            if r.get("swapped_blocks")
+            else []
+        )
     )
 
 
@@ -207,6 +227,20 @@ def main(args) -> int:
     r = run_bench(
         args.size, args.res, args.batch_size, args.rank, args.steps, args.warmup, args.device, args.set
     )
+    if r["swapped_blocks"]:  # the same bench without swapping, for the ratio (a second, separate setup)
+        plain = run_bench(
+            args.size,
+            args.res,
+            args.batch_size,
+            args.rank,
+            args.steps,
+            args.warmup,
+            args.device,
+            [*args.set, "model.blocks_to_swap=0", "model.low_vram=false"],
+        )
+        r["unswapped_s_per_step"] = plain["trainer_s_per_step"]
+        r["unswapped_peak_mem_gib"] = plain["peak_mem_gib"]
+        r["swap_ratio"] = r["trainer_s_per_step"] / plain["trainer_s_per_step"]
     print(report(r))
     if args.json:
         from zlora.utils.io import atomic_write_text

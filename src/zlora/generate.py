@@ -90,7 +90,13 @@ def check_size(folder: Path, width: int, height: int, model: str) -> None:
             )
 
 
-def load_pipeline(model: str, loras: list[tuple[str, float]], device: torch.device, dtype: torch.dtype):
+def load_pipeline(
+    model: str,
+    loras: list[tuple[str, float]],
+    device: torch.device,
+    dtype: torch.dtype,
+    blocks_to_swap: int = 0,
+):
     from diffusers import ZImagePipeline
 
     from zlora.lora.bake import model_shapes
@@ -111,7 +117,18 @@ def load_pipeline(model: str, loras: list[tuple[str, float]], device: torch.devi
         pipe.load_lora_weights(str(p), adapter_name=names[-1])
     if names:
         pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
-    return pipe.to(device)
+    if blocks_to_swap < 0:
+        raise UserError(f"--blocks-to-swap {blocks_to_swap}: must be 0 or more")
+    if not blocks_to_swap:
+        return pipe.to(device)
+    from zlora.models.placement import placement_for
+
+    placement = placement_for(device, blocks_to_swap=blocks_to_swap, checkpointing=False)
+    placement.place(pipe.transformer, None)  # the same placement as training: swapped blocks stay on the host
+    placement.attach(pipe.transformer)
+    for part in (pipe.text_encoder, pipe.vae):
+        part.to(device)
+    return pipe
 
 
 def generate_image(
@@ -127,6 +144,7 @@ def generate_image(
     height: int = 1024,
     device: str = "auto",
     dtype: str = "auto",
+    blocks_to_swap: int = 0,
 ) -> Image.Image:
     for name, v in (("--width", width), ("--height", height)):
         if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
@@ -137,7 +155,7 @@ def generate_image(
         raise UserError(f"--guidance {guidance}: must be 0 (off) or positive, e.g. 3")
     dev = resolve_device(device, "--device")
     check_size(resolve_model(model).folder, width, height, model)
-    pipe = load_pipeline(model, loras, dev, resolve_dtype(dtype, dev))
+    pipe = load_pipeline(model, loras, dev, resolve_dtype(dtype, dev), blocks_to_swap)
     return pipe(
         prompt=prompt,
         negative_prompt=negative_prompt if guidance > 0 else None,

@@ -40,6 +40,14 @@ def register(sub) -> None:
         choices=["auto", "fp32", "bf16", "fp16"],
         help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)",
     )
+    p.add_argument(
+        "--blocks-to-swap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="layer offloading: the last N main blocks stay in host memory and come to the GPU ahead of use "
+        "(model.blocks_to_swap; the same image, less GPU memory)",
+    )
     p.add_argument("-o", "--output", "--out", default="out.png", help="image file (.png, .jpg, .webp)")
 
 
@@ -64,6 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         height=args.height,
         device=args.device,
         dtype=args.dtype,
+        blocks_to_swap=args.blocks_to_swap,
     )
     settings = {
         "model": args.model,

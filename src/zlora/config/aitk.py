@@ -14,7 +14,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from zlora.config.aitk_keys import DATASET_NONE, NONE, OPTIMIZERS, QTYPES, SAME, aitk_schedule
+from zlora.config.aitk_keys import (
+    DATASET_NONE,
+    NONE,
+    OFFLOADING,
+    OPTIMIZERS,
+    QTYPES,
+    SAME,
+    aitk_offloading,
+    aitk_schedule,
+)
 from zlora.errors import UserError
 
 TRAINER_TYPES = ("diffusion_trainer", "sd_trainer", "ui_trainer")
@@ -105,6 +114,8 @@ class _Import:
 
     def key(self, path: str, value: Any) -> None:
         self.seen[path] = value
+        if path in OFFLOADING:  # read together at the end (the percentages may come before the switch)
+            return
         handler = getattr(self, "_" + path.replace(".", "_"), None)
         if handler is not None:
             handler(value)
@@ -329,6 +340,8 @@ class _Import:
         if "network.type" not in seen and "network" in out:
             self._network_type("lora")
         self._optimizer_defaults()
+        for path, (value, note) in aitk_offloading(self.seen, self.get("model.low_vram")).items():
+            self.set(path, value, note)
         self._schedule()
         self._denoising_range()
         if seen.pop("_no_samples", False):

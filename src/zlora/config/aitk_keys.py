@@ -22,7 +22,9 @@ SAME: dict[str, str | None] = {
         "diff_output_preservation_multiplier", "diff_output_preservation_class", "do_differential_guidance",
         "differential_guidance_scale", "seed", "timestep_shift", "lr_warmup_steps", "timestep_bias_exponent",
     )},
-    **{f"model.{k}": None for k in ("name_or_path", "arch", "assistant_lora_path", "quantize", "quantize_te")},
+    **{f"model.{k}": None for k in (
+        "name_or_path", "arch", "assistant_lora_path", "quantize", "quantize_te", "low_vram",
+    )},
     **{f"sample.{k}": None for k in (
         "sample_every", "width", "height", "neg", "seed", "walk_seed", "guidance_scale", "sample_steps",
         "network_multiplier", "prompts",
@@ -81,10 +83,6 @@ NONE: dict[str, str] = {
     "train.inverted_mask_prior": "masks are not supported yet",
     "train.inverted_mask_prior_multiplier": "masks are not supported yet",
     "train.do_prior_divergence": "",
-    "model.low_vram": "layer offloading is not supported yet",
-    "model.layer_offloading": "layer offloading is not supported yet",
-    "model.layer_offloading_transformer_percent": "layer offloading is not supported yet",
-    "model.layer_offloading_text_encoder_percent": "layer offloading is not supported yet",
     "model.model_kwargs": "",
     "model.extras_name_or_path": "zlora reads the text encoder and VAE from name_or_path's own folder",
     "model.is_flux": "",
@@ -99,7 +97,7 @@ NONE: dict[str, str] = {
     "model.block_compile": "train.compile compiles the blocks",
     "model.compile_mode": "",
     "model.split_model_over_gpus": "data-parallel only",
-    "model.low_vram_layer_streaming": "layer offloading is not supported yet",
+    "model.low_vram_layer_streaming": "model.blocks_to_swap streams the swapped blocks ahead of use",
     "sample.sampler": "previews use the model's own scheduler",
     "sample.num_frames": "images only",
     "sample.fps": "images only",
@@ -239,3 +237,37 @@ def aitk_schedule(name: str, params: dict, steps: int, lr: float) -> tuple[dict[
             f"({steps})"
         )
     return mapped, notes
+
+
+OFFLOADING = (
+    "model.layer_offloading",
+    "model.layer_offloading_transformer_percent",
+    "model.layer_offloading_text_encoder_percent",
+)
+
+
+def aitk_offloading(seen: dict, low_vram: bool | None) -> dict[str, tuple[object, str | None]]:
+    """ai-toolkit's layer offloading: a fraction of the transformer (its UI's default 100%) and of the text encoder
+    off the GPU. zlora swaps whole main blocks: the fraction of Z-Image's 30 is ``model.blocks_to_swap``; a
+    text-encoder share puts the encoder on the CPU (``model.low_vram``). -> {zlora path: (value, note)}."""
+    if not seen.get("model.layer_offloading"):
+        return {}
+    pct = seen.get("model.layer_offloading_transformer_percent", 1.0)
+    if not isinstance(pct, (int, float)) or not 0 <= pct <= 1:
+        raise UserError(
+            f"model.layer_offloading_transformer_percent: {pct!r} must be a fraction 0-1, e.g. 0.5"
+        )
+    n = round(pct * 30)
+    out = {
+        "model.blocks_to_swap": (
+            n,
+            f"model.layer_offloading_transformer_percent {pct} -> model.blocks_to_swap {n} (of 30 blocks)",
+        )
+    }
+    te = seen.get("model.layer_offloading_text_encoder_percent", 1.0)
+    if isinstance(te, (int, float)) and te > 0 and not low_vram:
+        note = (
+            "model.layer_offloading_text_encoder_percent > 0 -> model.low_vram (the text encoder on the CPU)"
+        )
+        out["model.low_vram"] = (True, note)
+    return out

@@ -4,7 +4,7 @@ the meaning is the same. Unknown keys are rejected (see ``load.py`` for the mess
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -70,6 +70,14 @@ class ModelConfig(Section):
     """Store the text encoder's weights quantized too (``qtype_te``); it only encodes captions."""
     qtype_te: Literal["float8", "qfloat8", "int8", "none"] = "float8"
     """float8 or int8 weight-only for the text encoder (``quantize_te``)."""
+
+    low_vram: bool = False
+    """Low VRAM (ai-toolkit's name): layer offloading with ``blocks_to_swap: auto`` unless it is set, and the
+    text encoder encodes captions on the CPU. Trains the same weights, slower."""
+    blocks_to_swap: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] | None = None
+    """Layer offloading (musubi-tuner's name): the last N of the 30 main blocks live in host memory and are copied
+    to the GPU just ahead of use; ``auto`` picks N from the free GPU memory at setup; null: 0 (``auto`` with
+    ``low_vram``)."""
 
     @field_validator("qtype", "qtype_te")
     @classmethod

@@ -299,6 +299,12 @@ class TrainData:
             repeats,
         )
 
+    def max_tokens(self) -> int:
+        """Image + caption tokens of the largest sample (16 px per image token; captions up to 512): the
+        activation estimate of a placement."""
+        pixels = max((w * h for w, h in (e.bucket for e in self.entries)), default=0)
+        return pixels // 256 + 512
+
     def latent_shape(self, i: int, vae) -> tuple[int, int, int]:
         """(C, h, w) of entry ``i``'s training latent, from its bucket (no encoding needed)."""
         width, height = self.entries[i].bucket

@@ -16,11 +16,14 @@ from zlora.vocab import IN_BLOCK
 log = logging.getLogger(__name__)
 
 
-def quantize_weights(module: torch.nn.Module, qtype: str, what: str, blocks_only: bool = True) -> None:
+def quantize_weights(
+    module: torch.nn.Module, qtype: str, what: str, blocks_only: bool = True, quiet: bool = False
+) -> tuple[int, int]:
     """Quantize ``module``'s Linear weights in place (only inside the transformer's blocks when ``blocks_only``:
-    embedders and the final layer are small and sensitive)."""
+    embedders and the final layer are small and sensitive). Returns the bytes before and after; ``quiet``: the
+    caller logs (one block of many)."""
     if qtype == "none":
-        return
+        return 0, 0
     quiet_torchao()
     try:
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
@@ -33,9 +36,10 @@ def quantize_weights(module: torch.nn.Module, qtype: str, what: str, blocks_only
         return isinstance(m, torch.nn.Linear) and (not blocks_only or IN_BLOCK.match(fqn) is not None)
 
     quantize_(module, config, filter_fn=pick)
-    log.info(
-        "%s: %s weights, %.1f MiB -> %.1f MiB", what, qtype, before / 2**20, weight_bytes(module) / 2**20
-    )
+    after = weight_bytes(module)
+    if not quiet:
+        log.info("%s: %s weights, %.1f MiB -> %.1f MiB", what, qtype, before / 2**20, after / 2**20)
+    return before, after
 
 
 def weight_bytes(module: torch.nn.Module) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import sys
 from pathlib import Path
 
@@ -34,6 +33,15 @@ def peak_memory_gib(device: torch.device) -> float:
     """Peak memory so far: allocated device memory on CUDA, the process's peak resident memory on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource  # POSIX only
+    except ImportError:  # Windows: the peak working set through psutil when it is there, else unknown
+        try:
+            import psutil
+
+            return getattr(psutil.Process().memory_info(), "peak_wset", 0) / 2**30
+        except ImportError:
+            return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
@@ -63,3 +71,19 @@ def plot_loss(metrics_path: Path, out_png: Path) -> None:
     fig.tight_layout()
     atomic_write(out_png, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
+
+
+def progress_bar(total: int, initial: int, main: bool):
+    """The training bar (main process only); a log file gets a line every 10 s, not every redraw."""
+    from tqdm.auto import tqdm
+
+    interval = 0.1 if sys.stderr.isatty() else 10
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc="training",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=interval,
+        disable=not main,
+    )

@@ -36,6 +36,8 @@ FREE_TO_CHANGE = [
     "sample.*",
     "hub.*",
     "job.device",
+    "model.low_vram",  # where the weights live, not what trains: the same LoRA either way
+    "model.blocks_to_swap",
     "job.name",
     "job.output_dir",
     "datasets.*.cache_latents",

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from zlora.config import Config, dump_config
 from zlora.data.loader import TrainData
@@ -35,7 +33,7 @@ from zlora.train.checkpoint import TrainState
 from zlora.train.compile import compile_blocks
 from zlora.train.ema import ema_weights, make_ema
 from zlora.train.losses import Batch, Objective
-from zlora.train.metrics import MetricsLog, peak_memory_gib, plot_loss
+from zlora.train.metrics import MetricsLog, peak_memory_gib, plot_loss, progress_bar
 from zlora.train.network import make_network
 from zlora.train.optim import make_optimizer, make_scheduler
 from zlora.train.precision import trainable_params
@@ -113,6 +111,8 @@ class Trainer:
             self.data.prepare_text(self._text_encoder)
         if cfg.train.unload_text_encoder:
             self.parts.text_encoder = self.parts.tokenizer = None
+        elif self.parts.text_encoder is not None:  # kept for later, off the device: captions are encoded
+            self.parts.text_encoder.to("cpu")
         if self.data.all_latents_cached:  # the VAE is only needed on the device for previews now
             self.parts.vae.to("cpu")
         if self.device.type == "cuda":
@@ -125,24 +125,33 @@ class Trainer:
             )
             if self.cfg.model.quantize_te:
                 quantize_weights(self.parts.text_encoder, self.cfg.model.qtype_te, "model.quantize_te", False)
-        self.parts.text_encoder.to(self.device)
+        # low_vram: the text encoder (4 B parameters) encodes on the CPU and never takes device memory
+        self.parts.text_encoder.to("cpu" if self.cfg.model.low_vram else self.device)
         return self.parts.tokenizer, self.parts.text_encoder
 
     def _build_model(self) -> None:
         """The transformer placed (and quantized), the network added, the training adapter beside it."""
         cfg = self.cfg
-        self.placement = placement_for(self.device)
-        qtype = cfg.model.qtype if cfg.model.quantize else None
-        self.transformer = self.placement.place(self.parts.transformer, qtype)
+        m = cfg.model
+        self.placement = placement_for(
+            self.device,
+            m.low_vram,
+            m.blocks_to_swap,
+            self.data.max_tokens(),
+            cfg.train.gradient_checkpointing,
+        )
+        self.transformer = self.placement.place(self.parts.transformer, m.qtype if m.quantize else None)
         self.network = make_network(cfg.network)
         self.network.add(self.transformer, cfg.train.seed)
         if cfg.train.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         if self.adapter_path:
             load_training_adapter(self.transformer, self.adapter_path)
+        self.placement.attach(self.transformer)  # swapped blocks: hooks, their LoRA and adapter on the device
         self.adapters = AdapterSwitch(self.transformer, self.adapter_path is not None)
         self.adapters.train()
-        self.compiled = compile_blocks(self.transformer, cfg.train.compile, self.device)
+        blocks = self.placement.compiled_blocks(self.transformer)
+        self.compiled = compile_blocks(self.transformer, cfg.train.compile, self.device, blocks)
         frozen = list(adapter_params(self.transformer, ADAPTER).values()) if self.adapter_path else []
         self.masters, self.lora_params = trainable_params(
             self.network.trainable(self.transformer), frozen, cfg.train.lora_precision, self.dtype
@@ -224,7 +233,9 @@ class Trainer:
             self.sample()
         self.transformer.train()
         first = self.step
-        with self._progress_bar() as bar:  # closed on any exit, so an error starts a line of its own
+        with progress_bar(
+            self.cfg.train.steps, self.step, self.dist.main
+        ) as bar:  # closed on any exit, so an error starts a line of its own
             while self.step < cfg.train.steps:
                 t0 = time.perf_counter()
                 loss = self.step_once()
@@ -244,18 +255,6 @@ class Trainer:
         self.stop.restore()
         if self.stop.signal is not None:
             log.warning("stop requested at the last step: the run is complete")
-
-    def _progress_bar(self):
-        interval = 0.1 if sys.stderr.isatty() else 10  # a log file gets a line every 10 s, not every redraw
-        return tqdm(
-            total=self.cfg.train.steps,
-            initial=self.step,
-            desc="training",
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=interval,
-            disable=not self.dist.main,
-        )
 
     def _report(self, bar, loss: float, seconds: float, warm_up: bool) -> None:
         """One step into metrics.jsonl and the progress bar."""

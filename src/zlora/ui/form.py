@@ -44,6 +44,8 @@ PANELS = [
             "model.arch": "Model Architecture",
             "model.name_or_path": "Name or Path",
             "model.assistant_lora_path": "Training Adapter Path",
+            "model.low_vram": "Low VRAM",
+            "model.blocks_to_swap": "Layer Offloading (blocks to swap)",
         },
         {
             "model.dtype": "Data Type",

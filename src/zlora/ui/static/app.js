@@ -186,6 +186,19 @@ async function newJobPage() {
       return {node: el("div", {class: "toggles", id}, boxes.map((cb) => el("label", {}, cb, name(cb.value)))), focus: boxes[0],
               set: (v) => boxes.forEach((cb) => { cb.checked = (v || []).includes(cb.value); })};
     }
+    const numeric = anyOf.find((x) => x.type === "integer" || x.type === "number");
+    if (numeric && anyOf.every((x) => x === numeric || x.enum || x.const !== undefined)) {   // a number or a word
+      const words = anyOf.flatMap((x) => x.enum || (x.const !== undefined ? [x.const] : [])).map(String);
+      const inp = el("input", {type: "text", id, list: id + "-words", inputmode: "numeric",
+        placeholder: (prop.nullable ? "(none) · " : "") + `a number or ${words.join(" / ")}`});
+      inp.addEventListener("change", () => {
+        const raw = inp.value.trim();
+        if (prop.nullable && (raw === "" || /^(null|none|~)$/i.test(raw))) write(path, null);
+        else write(path, raw === "" ? undefined : /^-?\d+(\.\d+)?$/.test(raw) ? Number(raw) : raw);
+      });
+      return {node: el("span", {class: "numword"}, inp, el("datalist", {id: id + "-words"}, words.map((w) => el("option", {value: w})))),
+              focus: inp, set: (v) => { if (document.activeElement !== inp) inp.value = v ?? ""; }};
+    }
     if (prop.type === "array" || prop.type === "object" || prop.anyOf) {       // lists: one per line; dicts: JSON
       const isList = prop.type === "array", ta = el("textarea", {id, rows: 3});
       ta.addEventListener("change", () => {
