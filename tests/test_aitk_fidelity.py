@@ -110,8 +110,10 @@ def test_every_optimizer_name_of_the_ui_imports_to_one_zlora_has(name, tmp_path)
     assert code == 0, err
     if name == "prodigyopt":
         assert cfg.train.optimizer == "prodigy" and cfg.train.lr == 1.0  # ai-toolkit: lr < 0.1 means 1
-    if name in ("adam8", "adamw8", "adamw8bit"):
+    if name in ("adamw8", "adamw8bit"):
         assert cfg.train.optimizer == "adamw8bit"
+    if name in ("adam8", "adam", "adagrad", "ademamix8bit", "prodigy8bit", "automagic"):
+        assert cfg.train.optimizer == {"adam8": "adam8bit"}.get(name, name)  # each its own optimizer now
     if cfg.train.optimizer != name and name not in ("prodigyopt", "adamw8"):
         assert f"train.optimizer: {name} -> {cfg.train.optimizer}" in err  # a name we lack says the closest
 

@@ -77,12 +77,12 @@ def _literal(model, field: str) -> set:
 def test_every_name_table_matches_its_literal():
     from zlora import vocab
     from zlora.config.network import NETWORK_TYPES, LoraNetworkConfig
+    from zlora.config.optimizers import OPTIMIZERS
     from zlora.config.presets import ARCH_PRESETS
     from zlora.config.schema import ModelConfig, SaveConfig, TrainConfig
     from zlora.models.load import DTYPES
     from zlora.train.network import NETWORKS
     from zlora.train.optim import SCHEDULERS
-    from zlora.train.optimizers import OPTIMIZERS
     from zlora.train.trainer import SAVE_DTYPES
 
     assert _literal(TrainConfig, "optimizer") == set(OPTIMIZERS)

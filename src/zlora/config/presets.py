@@ -93,15 +93,13 @@ LOW_VRAM_BELOW_GIB = 14  # the guide's "VRAM 不足" fix: Low VRAM (blocks swapp
 
 def new_job_defaults(name_or_path: str | None, cuda: bool, memory_gib: float | None) -> dict:
     """The New Training Job form's starting values for this base model on this machine (``cuda``: it has a CUDA
-    device, ``memory_gib`` the first one's memory). The guide's AdamW8Bit needs CUDA (bitsandbytes); elsewhere
-    AdamW. A GPU under 24 GiB quantizes to float8, as the guide advises at 16 GB; under 14 GiB Low VRAM too."""
+    device, ``memory_gib`` the first one's memory). The guide's AdamW8Bit everywhere (bitsandbytes runs it on
+    the CPU too). A GPU under 24 GiB quantizes to float8, as the guide advises at 16 GB; under 14 GiB Low VRAM too."""
     if name_or_path == "builtin:shapes":
         return dict(SHAPES_BASELINE)
     if name_or_path and name_or_path.startswith("builtin:"):
         return {}
     out = dict(GUIDE_BASELINE)
-    if not cuda:
-        out["train.optimizer"] = "adamw"
     if memory_gib is not None and memory_gib < QUANTIZE_BELOW_GIB:
         out.update({"model.quantize": True, "model.qtype": "float8", "model.quantize_te": True})
     if memory_gib is not None and memory_gib < LOW_VRAM_BELOW_GIB:

@@ -9,7 +9,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from zlora.config.base import DEVICE_PATTERN, MAX_BATCH, MAX_SAMPLE_STEPS, MAX_STEPS, Section, plain_path
+from zlora.config.dataset import DatasetConfig
 from zlora.config.network import LoraNetworkConfig, NetworkConfig
+from zlora.config.optimizers import ALIASES as OPTIMIZER_ALIASES
+from zlora.config.optimizers import params_problem
 from zlora.config.presets import ARCH_PRESETS, TURBO_ADAPTERS
 
 
@@ -121,11 +124,40 @@ class TrainConfig(Section):
     """Samples per batch (per process in a multi-GPU launch); a batch comes from one aspect bucket."""
     lr: float = Field(1e-4, gt=0)
     """Learning rate (Prodigy: 1.0)."""
-    optimizer: Literal["adamw", "adamw8bit", "lion", "lion8bit", "prodigy", "adafactor"] = "adamw"
-    """adamw (torch), adamw8bit / lion8bit (bitsandbytes, CUDA only), lion (lion-pytorch), prodigy (prodigyopt;
-    use lr 1.0), adafactor (transformers)."""
+    optimizer: Literal[
+        "adamw",
+        "adam",
+        "adamw8bit",
+        "adam8bit",
+        "ademamix8bit",
+        "lion",
+        "lion8bit",
+        "prodigy",
+        "prodigy8bit",
+        "adagrad",
+        "adafactor",
+        "automagic",
+    ] = "adamw"
+    """adamw / adam / adagrad (torch), adamw8bit / adam8bit / lion8bit / ademamix8bit (bitsandbytes, CPU too),
+    lion (lion-pytorch), prodigy (prodigyopt; use lr 1.0), prodigy8bit (Prodigy with 8-bit states), adafactor
+    (transformers), automagic (ai-toolkit's per-weight adaptive lr; lr = its start lr, e.g. 1e-6). ai-toolkit's
+    ``adam8``, ``adamw8``, ``prodigyopt`` work too."""
     optimizer_params: dict[str, float | int | bool | list[float]] = Field(default_factory=dict)
-    """Passed to the optimizer as keyword arguments (e.g. betas, eps, d_coef)."""
+    """Passed to the optimizer as keyword arguments (e.g. betas, eps, d_coef); checked against what it takes."""
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_alias(cls, v):
+        return OPTIMIZER_ALIASES.get(v.lower(), v.lower()) if isinstance(v, str) else v
+
+    @field_validator("optimizer_params")
+    @classmethod
+    def _optimizer_params(cls, v: dict, info) -> dict:
+        why = params_problem(info.data["optimizer"], v) if "optimizer" in info.data else None
+        if why:
+            raise ValueError(why)
+        return v
+
     weight_decay: float = Field(0.0, ge=0)
     """Decoupled weight decay of the optimizer (AdamW's ``weight_decay``)."""
     lr_scheduler: Literal[
@@ -217,69 +249,6 @@ class TrainConfig(Section):
     encoder at all. Off: captions are encoded once per run and kept in memory."""
     unload_text_encoder: bool = True
     """Free the text encoder once every caption is encoded (zlora never needs it afterwards)."""
-
-
-class DatasetConfig(Section):
-    folder_path: str
-    """Folder with images and caption files."""
-    caption_ext: str = "txt"
-    """Caption file extension, with or without the dot."""
-    default_caption: str = ""
-    """Caption for images without a caption file."""
-    resolution: list[int] = Field(default_factory=lambda: [512])
-    """Training resolution(s): each image goes, per resolution, to the aspect-ratio bucket of about that area
-    (sides multiples of 16, closest ratio), resized and centre-cropped minimally; never upscaled."""
-    num_repeats: int = Field(1, ge=1)
-    """How many times each image is seen per epoch (weights one dataset against another)."""
-    caption_dropout_rate: float = Field(0.05, ge=0, le=1)
-    """Probability that a sample is trained with the empty prompt instead of its caption."""
-    trigger_word: str | None = None
-    """Overrides ``job.trigger_word`` for this dataset."""
-    add_trigger_word: bool = True
-    """Prepend the trigger word to captions that do not contain it (``[trigger]`` is always replaced)."""
-    include_subfolders: bool = False
-    """Also read images in subfolders of ``folder_path``."""
-    flip_x: bool = False
-    """Also train on the horizontally mirrored image (each its own sample and cache entry)."""
-    cache_latents: bool = False
-    """Encode each (image, bucket, flip) with the VAE once and keep it on disk; later epochs and runs reuse it.
-    Off: images are encoded as they are drawn."""
-    cache_dir: str | None = None
-    """Where this dataset's caches live; default ``<folder_path>/_zlora_cache``."""
-    is_reg: bool = False
-    """A regularisation set (ai-toolkit's ``is_reg``): pictures of what the LoRA should leave alone, captioned
-    without the trigger word (it is never added to them), trained alongside the other datasets."""
-    prior_reg: bool = False
-    """Train this dataset's images towards the base model's own prediction on them (the LoRA at weight 0)
-    instead of towards the image: the LoRA learns to change nothing there (ai-toolkit's ``prior_reg``; use with
-    ``is_reg``). Costs one forward without gradients per such sample."""
-
-    _path = field_validator("folder_path", "cache_dir")(plain_path)
-
-    @field_validator("folder_path")
-    @classmethod
-    def _not_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("is empty: choose the folder of images and captions")
-        return v
-
-    @field_validator("resolution", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, int) else v
-
-    @field_validator("resolution")
-    @classmethod
-    def _multiple_of_16(cls, v: list[int]) -> list[int]:
-        bad = [r for r in v if r < 16 or r % 16]
-        if bad or not v:
-            raise ValueError(f"resolutions must be multiples of 16 and at least 16, got {bad or v}")
-        return v
-
-    @field_validator("caption_ext")
-    @classmethod
-    def _strip_dot(cls, v: str) -> str:
-        return v.lstrip(".")
 
 
 class PromptConfig(Section):

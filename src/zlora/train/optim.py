@@ -7,9 +7,9 @@ import math
 
 import torch
 
+from zlora.config.optimizers import OPTIMIZERS, problem
 from zlora.config.schema import SCHEDULER_PARAMS, TrainConfig
 from zlora.errors import UserError
-from zlora.train.optimizers import OPTIMIZERS, problem
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device):
@@ -22,12 +22,14 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
     except ImportError:
         raise UserError(problem(cfg.optimizer, device.type, lambda package: False)) from None
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **cfg.optimizer_params}
+    kwargs = {k: tuple(v) if k in ("betas", "eps") and isinstance(v, list) else v for k, v in kwargs.items()}
     if cfg.optimizer == "adafactor":  # a fixed lr, as the other optimizers: no relative step or warm-up init
         kwargs = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **kwargs}
     try:
         return cls(params, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"`train.optimizer_params` for {cfg.optimizer}: {e}") from None
+    except (TypeError, ValueError, AssertionError) as e:  # lion-pytorch checks its betas with assert
+        why = str(e) or f"it refuses {cfg.optimizer_params}"
+        raise UserError(f"`train.optimizer_params` for {cfg.optimizer}: {why}") from None
 
 
 # train.lr_scheduler -> the lr_scheduler_params it takes (validated when the config is read)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 
 from zlora.config.load import check_paths
+from zlora.config.optimizers import problem as optimizer_problem
 from zlora.config.schema import Config
 from zlora.data.files import list_images
 from zlora.errors import UserError
 from zlora.hub.manifest import hub_settings
 from zlora.hub.refs import file_of, model_folder_of
 from zlora.runfolder import RunFolder
-from zlora.train.optimizers import problem as optimizer_problem
 from zlora.train.runlock import check_run_folder
 from zlora.utils.machine import Machine
 

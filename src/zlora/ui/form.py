@@ -16,9 +16,9 @@ from fastapi import HTTPException
 
 from zlora.config import dump_config, read_yaml, validate
 from zlora.config.load import yaml_problem
+from zlora.config.optimizers import OPTIMIZERS
 from zlora.config.presets import new_job_defaults
 from zlora.train.curves import timestep_table
-from zlora.train.optimizers import OPTIMIZERS
 from zlora.utils.machine import Machine
 
 

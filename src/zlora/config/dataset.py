@@ -1,0 +1,71 @@
+"""One entry of ``datasets``: a folder of images with captions, its resolutions, repeats, caching and flags (in
+its own module to keep ``schema.py`` readable; ``schema`` re-exports it)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from zlora.config.base import Section, plain_path
+
+
+class DatasetConfig(Section):
+    folder_path: str
+    """Folder with images and caption files."""
+    caption_ext: str = "txt"
+    """Caption file extension, with or without the dot."""
+    default_caption: str = ""
+    """Caption for images without a caption file."""
+    resolution: list[int] = Field(default_factory=lambda: [512])
+    """Training resolution(s): each image goes, per resolution, to the aspect-ratio bucket of about that area
+    (sides multiples of 16, closest ratio), resized and centre-cropped minimally; never upscaled."""
+    num_repeats: int = Field(1, ge=1)
+    """How many times each image is seen per epoch (weights one dataset against another)."""
+    caption_dropout_rate: float = Field(0.05, ge=0, le=1)
+    """Probability that a sample is trained with the empty prompt instead of its caption."""
+    trigger_word: str | None = None
+    """Overrides ``job.trigger_word`` for this dataset."""
+    add_trigger_word: bool = True
+    """Prepend the trigger word to captions that do not contain it (``[trigger]`` is always replaced)."""
+    include_subfolders: bool = False
+    """Also read images in subfolders of ``folder_path``."""
+    flip_x: bool = False
+    """Also train on the horizontally mirrored image (each its own sample and cache entry)."""
+    cache_latents: bool = False
+    """Encode each (image, bucket, flip) with the VAE once and keep it on disk; later epochs and runs reuse it.
+    Off: images are encoded as they are drawn."""
+    cache_dir: str | None = None
+    """Where this dataset's caches live; default ``<folder_path>/_zlora_cache``."""
+    is_reg: bool = False
+    """A regularisation set (ai-toolkit's ``is_reg``): pictures of what the LoRA should leave alone, captioned
+    without the trigger word (it is never added to them), trained alongside the other datasets."""
+    prior_reg: bool = False
+    """Train this dataset's images towards the base model's own prediction on them (the LoRA at weight 0)
+    instead of towards the image: the LoRA learns to change nothing there (ai-toolkit's ``prior_reg``; use with
+    ``is_reg``). Costs one forward without gradients per such sample."""
+
+    _path = field_validator("folder_path", "cache_dir")(plain_path)
+
+    @field_validator("folder_path")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is empty: choose the folder of images and captions")
+        return v
+
+    @field_validator("resolution", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, int) else v
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_16(cls, v: list[int]) -> list[int]:
+        bad = [r for r in v if r < 16 or r % 16]
+        if bad or not v:
+            raise ValueError(f"resolutions must be multiples of 16 and at least 16, got {bad or v}")
+        return v
+
+    @field_validator("caption_ext")
+    @classmethod
+    def _strip_dot(cls, v: str) -> str:
+        return v.lstrip(".")
