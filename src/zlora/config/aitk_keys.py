@@ -21,7 +21,9 @@ SAME: dict[str, str | None] = {
         "unload_text_encoder", "cache_text_embeddings", "diff_output_preservation",
         "diff_output_preservation_multiplier", "diff_output_preservation_class", "do_differential_guidance",
         "differential_guidance_scale", "seed", "timestep_shift", "lr_warmup_steps", "timestep_bias_exponent",
+        "snr_gamma",
     )},
+    "train.min_snr_gamma": "train.snr_gamma",
     **{f"model.{k}": None for k in (
         "name_or_path", "arch", "assistant_lora_path", "quantize", "quantize_te", "low_vram",
     )},
@@ -65,8 +67,6 @@ NONE: dict[str, str] = {
     "train.blank_prompt_preservation_multiplier": "",
     "train.auto_scale_batch_size": "",
     "train.noise_offset": "",
-    "train.min_snr_gamma": "Min-SNR weighting is not supported yet",
-    "train.snr_gamma": "Min-SNR weighting is not supported yet",
     "train.xformers": "",
     "train.sdp": "",
     "train.unet_lr": "one learning rate: train.lr",

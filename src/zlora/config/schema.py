@@ -197,12 +197,26 @@ class TrainConfig(Section):
     optimizer steps."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping norm; 0 disables clipping."""
-    timestep_type: Literal["linear", "sigmoid", "shift", "weighted", "mid_weighted"] = "sigmoid"
+    timestep_type: Literal["linear", "sigmoid", "shift", "weighted", "mid_weighted", "turbo_anchors"] = (
+        "sigmoid"
+    )
     """How sigma is drawn: ``linear`` uniform; ``sigmoid`` logit-normal (mass in mid noise); ``shift`` uniform
     then flow-shifted by ``timestep_shift`` (mass at high noise); ``weighted`` uniform with each sample's loss
     weighted as ai-toolkit's ``weighted`` does (its measured table: most at t = 600-960, up to 1.52; least at the
-    ends); ``mid_weighted`` uniform with the loss weighted by 6 s (1 - s) (mid noise most). `zlora config
-    timesteps` shows each."""
+    ends); ``mid_weighted`` uniform with the loss weighted by 6 s (1 - s) (mid noise most); ``turbo_anchors``
+    only the sigmas the sampler visits at ``anchor_steps`` steps, jittered (the "AC-RF" anchors of the None
+    Z-Image Turbo trainer: keeps a Turbo LoRA working at 8-9 steps). `zlora config timesteps` shows each."""
+    anchor_steps: int | None = Field(None, ge=1, le=MAX_SAMPLE_STEPS)
+    """``turbo_anchors``: the sampler steps whose sigmas are trained; null: ``sample.sample_steps`` (9 for Turbo).
+    The sigmas are Z-Image's sampler's: linspace(1, 1/N, N) shifted by ``timestep_shift``."""
+    anchor_jitter: float = Field(0.02, ge=0, le=0.5)
+    """``turbo_anchors``: standard deviation of the noise added to each drawn anchor sigma."""
+    anchor_mix: float = Field(0.0, ge=0, le=1)
+    """``turbo_anchors``: share of samples drawn uniformly instead of at an anchor."""
+    snr_gamma: float | None = Field(None, gt=0)
+    """Min-SNR-gamma loss weighting (e.g. 5), on top of the timestep type's: with SNR = ((1 - s) / s)^2 for
+    x_s = (1 - s) x0 + s noise, each sample's loss is weighted by min(SNR, gamma) / SNR, kept within [0.1, 1] (as
+    the None Z-Image trainer does). null: off."""
     timestep_shift: float = Field(3.0, gt=0)
     """Shift for ``timestep_type: shift``: s -> shift s / (1 + (shift - 1) s)."""
     timestep_bias: Literal["balanced", "high_noise", "low_noise"] = "balanced"
@@ -363,4 +377,8 @@ class Config(Section):
             for name, value in preset.items():
                 if name in type(section).model_fields and name not in section.model_fields_set:
                     object.__setattr__(section, name, TURBO_ADAPTERS.get(value, value) if value else value)
+        if (
+            self.train.anchor_steps is None
+        ):  # turbo_anchors: the preview sampler's steps, now that they are known
+            object.__setattr__(self.train, "anchor_steps", self.sample.sample_steps)
         return self

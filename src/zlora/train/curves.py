@@ -48,6 +48,23 @@ def loss_weight(kind: str, s: np.ndarray) -> np.ndarray:
     return np.ones_like(s)
 
 
+def anchors(train) -> np.ndarray:
+    """``turbo_anchors``: the sigmas Z-Image's sampler visits in ``anchor_steps`` steps, highest first. The
+    pipeline passes linspace(1, 1/N, N) and FlowMatchEulerDiscreteScheduler shifts them (``timestep_shift``, the
+    scheduler's 3.0); a test checks these against diffusers' own scheduler."""
+    n = train.anchor_steps or 9
+    return flow_shift(np.linspace(1.0, 1.0 / n, n), train.timestep_shift)
+
+
+def snr_weight(s, gamma: float | None):
+    """Min-SNR-gamma weight at noise levels ``s`` (numpy or torch): SNR = ((1 - s) / s)^2, weight min(SNR, gamma) /
+    SNR within [0.1, 1]; 1 when ``gamma`` is None."""
+    if gamma is None:
+        return s * 0 + 1
+    snr = ((1 - s) / s.clip(1e-6)) ** 2
+    return (gamma / snr.clip(min=gamma)).clip(min=0.1)  # = min(SNR, gamma) / SNR, also at SNR = 0
+
+
 def flow_shift(s, shift: float):
     """The scheduler's shift of noise levels: s -> shift s / (1 + (shift - 1) s) (numpy or torch)."""
     return shift * s / (1 + (shift - 1) * s)
@@ -74,9 +91,35 @@ def _normal_quantiles(q: np.ndarray) -> np.ndarray:
     return np.array([inv(float(x)) for x in q])
 
 
+def anchor_draws(train, u_anchor, z, u_mix, u_flat):
+    """``turbo_anchors`` from uniform draws ``u_*`` and a standard normal ``z`` (numpy or torch, one per sample):
+    an anchor (index from ``u_anchor``) + ``anchor_jitter`` z, or with probability ``anchor_mix`` (``u_mix``) a
+    uniform level ``u_flat``; clipped to [0, 1]. The trainer and the curve share it."""
+    a = anchors(train)
+    idx = (u_anchor * len(a)).astype(int).clip(0, len(a) - 1) if isinstance(u_anchor, np.ndarray) else None
+    if idx is None:  # torch
+        import torch
+
+        table = torch.tensor(a, dtype=u_anchor.dtype, device=u_anchor.device)
+        s = table[(u_anchor * len(a)).long().clamp(0, len(a) - 1)] + train.anchor_jitter * z
+        return torch.where(u_mix < train.anchor_mix, u_flat, s).clamp(0.0, 1.0)
+    s = a[idx] + train.anchor_jitter * z
+    return np.where(u_mix < train.anchor_mix, u_flat, s).clip(0.0, 1.0)
+
+
 def density(train, s: np.ndarray, resolution: int = 20001) -> np.ndarray:
     """Probability density (per unit of s) of the noise levels ``train`` draws, at ``s``: every draw is a monotone
-    map of one uniform quantile q, so the density is dq/ds along the mapped quantiles."""
+    map of one uniform quantile q, so the density is dq/ds along the mapped quantiles (``turbo_anchors``, a
+    mixture: a histogram of 200,000 draws, bins centred on ``s``)."""
+    if train.timestep_type == "turbo_anchors":
+        rng = np.random.default_rng(0)
+        n = 200_000
+        draws = bend(
+            anchor_draws(train, rng.random(n), rng.standard_normal(n), rng.random(n), rng.random(n)), train
+        )
+        s = np.asarray(s, dtype=np.float64)
+        width = float(np.min(np.diff(s))) if len(s) > 1 else 0.05
+        return np.array([np.mean(np.abs(draws - x) <= width / 2) / width for x in s])
     q = (np.arange(resolution) + 0.5) / resolution
     base = 1 / (1 + np.exp(-_normal_quantiles(q))) if train.timestep_type == "sigmoid" else q
     mapped = bend(base, train)
@@ -93,5 +136,7 @@ def timestep_table(train) -> dict[str, list[float]]:
     return {
         "t": list(CURVE_T),
         "density": dens,
-        "weight": [round(float(x), 4) for x in loss_weight(train.timestep_type, s)],
+        "weight": [
+            round(float(x), 4) for x in loss_weight(train.timestep_type, s) * snr_weight(s, train.snr_gamma)
+        ],
     }

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from zlora.config import Config
 from zlora.config.schema import TrainConfig
 from zlora.models import zimage
-from zlora.train.curves import AITK_WEIGHTED_KNOTS
+from zlora.train.curves import AITK_WEIGHTED_KNOTS, snr_weight
 
 
 @dataclass
@@ -28,7 +28,13 @@ class Batch:
 
 def loss_weights(cfg: TrainConfig, sigmas: torch.Tensor) -> torch.Tensor:
     """Per-sample loss weights: ai-toolkit's table for ``weighted`` (``curves.AITK_WEIGHTED_KNOTS``, linearly
-    interpolated on the device: no host sync), 6 s (1 - s) for ``mid_weighted`` (mean 1 over uniform s), else 1."""
+    interpolated on the device: no host sync), 6 s (1 - s) for ``mid_weighted`` (mean 1 over uniform s), else 1;
+    times the Min-SNR weight with ``snr_gamma`` (``curves.snr_weight``)."""
+    base = _type_weights(cfg, sigmas)
+    return base * snr_weight(sigmas.float(), cfg.snr_gamma) if cfg.snr_gamma else base
+
+
+def _type_weights(cfg: TrainConfig, sigmas: torch.Tensor) -> torch.Tensor:
     if cfg.timestep_type == "weighted":
         knots = torch.tensor(
             AITK_WEIGHTED_KNOTS, dtype=torch.float32, device=sigmas.device

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from zlora.config import Config
+from zlora.config import Config, parse_config
 from zlora.errors import UserError
 from zlora.runfolder import RunFolder
 from zlora.train import checkpoint
@@ -152,6 +152,15 @@ def record_forced(run_json: Path, step: int, found: dict[str, tuple[object, obje
     atomic_write_text(run_json, json.dumps(info, indent=2) + "\n")
 
 
+def with_new_defaults(old: dict) -> dict:
+    """A checkpoint's config with the settings zlora gained since at their defaults, so a new option never blocks
+    the resume of a run made before it (a config this zlora cannot read stays as it is: the check names it)."""
+    try:
+        return parse_config(old, source="checkpoint").model_dump(mode="json")
+    except UserError:
+        return old
+
+
 def restore(run: RunFolder, cfg: Config, world: int, force: bool, state: TrainState) -> tuple[int, dict]:
     """Continue from the newest complete checkpoint, if any: (its step, the settings --force-resume changed).
     Fills ``state`` in place (``state.ema`` may be made anew by a forced resume that turns EMA on)."""
@@ -161,7 +170,9 @@ def restore(run: RunFolder, cfg: Config, world: int, force: bool, state: TrainSt
     step, path = found
     saved = checkpoint.load_state(path)
     new = cfg.model_dump(mode="json")
-    old = saved.get("config") or {**new, "network": saved["network"]}  # older checkpoints: network only
+    old = with_new_defaults(
+        saved.get("config") or {**new, "network": saved["network"]}
+    )  # older: network only
     # What must match is the global batch: 2 processes x batch 1 resume 1 process x batch 2 and back.
     old, new = effective(old, saved.get("world_size", 1)), effective(new, world)
     forced = check(old, new, path, force)

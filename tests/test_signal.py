@@ -1,0 +1,103 @@
+"""The training signal: Turbo-anchor timesteps (the sampler's own sigmas) and Min-SNR-gamma weighting."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zlora.config import parse_config
+from zlora.config.aitk import import_aitk
+from zlora.train.curves import anchors, snr_weight, timestep_table
+from zlora.train.losses import loss_weights
+from zlora.train.resume import changes, with_new_defaults
+from zlora.train.timesteps import sample_sigmas
+from zlora.train.trainer import Trainer
+
+DATA = [{"folder_path": "x"}]
+
+
+def _train(**kw):
+    return parse_config({"model": {"arch": "zimage:turbo"}, "train": kw, "datasets": DATA}).train
+
+
+def test_anchors_are_the_sigmas_z_images_sampler_visits(tiny_dir):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config = json.loads((tiny_dir / "scheduler" / "scheduler_config.json").read_text())
+    for steps in (9, 4, 25):
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+        # what ZImagePipeline does: sigmas linspace(1, 1/N, N), the scheduler shifts them (mu is unused here)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps).tolist(), mu=0.5)
+        train = _train(timestep_type="turbo_anchors", anchor_steps=steps)
+        np.testing.assert_allclose(anchors(train), scheduler.sigmas[:-1].numpy(), rtol=1e-6)
+    # unset, the anchors follow the previews' sampler steps of the architecture (Turbo: 9)
+    assert _train(timestep_type="turbo_anchors").anchor_steps == 9
+
+
+def test_turbo_anchor_draws_jitter_and_mix():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    exact = _train(timestep_type="turbo_anchors", anchor_jitter=0.0)
+    a = torch.tensor(anchors(exact), dtype=torch.float32)
+    s = sample_sigmas(exact, 4000, g(), torch.device("cpu"))
+    nearest = (s[:, None] - a[None]).abs().min(dim=1).values
+    assert nearest.max() < 1e-6 and len(torch.unique(s)) == len(a)  # every anchor, nothing else
+    jittered = sample_sigmas(_train(timestep_type="turbo_anchors"), 4000, g(), torch.device("cpu"))
+    off = (jittered[:, None] - a[None]).abs().min(dim=1).values
+    assert 0.005 < off.mean() < 0.03  # jitter 0.02 around the anchors (minus the clipped top anchor's half)
+    mixed = sample_sigmas(
+        _train(timestep_type="turbo_anchors", anchor_mix=0.5, anchor_jitter=0.0), 4000, g(), "cpu"
+    )
+    share = ((mixed[:, None] - a[None]).abs().min(dim=1).values > 1e-6).float().mean()
+    assert 0.45 < share < 0.55
+    assert torch.equal(s, sample_sigmas(exact, 4000, g(), torch.device("cpu")))  # deterministic from the seed
+    # the curve `zlora config timesteps` draws: mass only around the anchors
+    table = timestep_table(exact)
+    t_with_mass = [t for t, d in zip(table["t"], table["density"], strict=True) if d > 0]
+    assert t_with_mass and all(np.min(np.abs(a.numpy() * 1000 - t)) <= 25 for t in t_with_mass)
+
+
+def test_min_snr_gamma_weights():
+    s = np.array([0.5, 0.25, 0.1, 0.01, 0.9, 1.0])
+    # SNR = ((1-s)/s)^2: 1, 9, 81, 9801, 1/81, 0 -> min(SNR, 5)/SNR, kept within [0.1, 1]
+    np.testing.assert_allclose(snr_weight(s, 5.0), [1.0, 5 / 9, 0.1, 0.1, 1.0, 1.0])
+    sig = torch.tensor(s, dtype=torch.float32)
+    plain = loss_weights(_train(timestep_type="weighted"), sig)
+    both = loss_weights(_train(timestep_type="weighted", snr_gamma=5.0), sig)
+    torch.testing.assert_close(both, plain * torch.tensor([1.0, 5 / 9, 0.1, 0.1, 1.0, 1.0]))
+    assert torch.equal(loss_weights(_train(), sig), torch.ones(6))
+    table = timestep_table(_train(timestep_type="linear", snr_gamma=5.0))
+    assert table["weight"][table["t"].index(250)] == round(5 / 9, 4)
+    # ai-toolkit's min_snr_gamma / snr_gamma import to it
+    for key in ("snr_gamma", "min_snr_gamma"):
+        job = {
+            "job": "extension",
+            "config": {"name": "x", "process": [{"type": "sd_trainer", "train": {key: 5}}]},
+        }
+        assert import_aitk(job)[0]["train"]["snr_gamma"] == 5
+
+
+def test_a_run_with_anchors_and_min_snr_trains_and_an_older_checkpoint_still_resumes(make_config):
+    cfg = make_config({"train": {"steps": 3, "timestep_type": "turbo_anchors", "snr_gamma": 5.0}})
+    assert cfg.train.anchor_steps == cfg.sample.sample_steps == 2
+    t = Trainer(cfg)
+    t.setup()
+    t.train()
+    assert all(torch.isfinite(v).all() for v in t.lora_params.values())
+    # a checkpoint written before these settings existed: they are not "changed settings"
+    new = cfg.model_dump(mode="json")
+    old = json.loads(json.dumps(new))
+    for key in ("anchor_steps", "anchor_jitter", "anchor_mix", "snr_gamma"):
+        old["train"].pop(key)
+    old["train"]["timestep_type"], new["train"]["timestep_type"] = "sigmoid", "sigmoid"
+    new["train"]["snr_gamma"] = None
+    assert changes(with_new_defaults(old), new) == {}
+    assert "train.anchor_jitter" in changes(old, new)  # what it was before: a new option blocked the resume
+
+
+@pytest.mark.parametrize("bad", [{"anchor_jitter": -0.1}, {"anchor_mix": 1.5}, {"snr_gamma": 0}])
+def test_bad_signal_settings_name_the_field(bad):
+    from zlora.errors import UserError
+
+    with pytest.raises(UserError, match=f"train.{next(iter(bad))}"):
+        _train(**bad)
