@@ -177,5 +177,7 @@ def _assert_same_lora(a, b):
 def test_bad_optimizer_params_are_a_user_error(make_config):
     from zlora.errors import UserError
 
-    with pytest.raises(UserError, match=r"`train.optimizer_params` for adamw: .*betass"):
-        _setup(make_config({"train": {"optimizer_params": {"betass": 0.9}}}))
+    with pytest.raises(UserError, match=r"train.optimizer_params.*adamw takes no 'betass'; did you mean 'betas'"):
+        _setup(make_config({"train": {"optimizer_params": {"betass": 0.9}}}))  # caught as the config is read
+    with pytest.raises(UserError, match=r"`train.optimizer_params` for adamw: .*beta"):
+        _setup(make_config({"train": {"optimizer_params": {"betas": [1.5, 0.9]}}}))  # refused by the constructor

@@ -250,6 +250,7 @@ def _schema_leaves(model, prefix="") -> set[str]:
 
 
 def test_every_config_setting_is_on_a_panel_with_a_label():
+    from zlora.config.dataset import ValidationConfig
     from zlora.config.network import LoraNetworkConfig
     from zlora.config.schema import (
         DatasetConfig,
@@ -271,6 +272,7 @@ def test_every_config_setting_is_on_a_panel_with_a_label():
         ("train", TrainConfig),
         ("sample", SampleConfig),
         ("network", LoraNetworkConfig),
+        ("validation", ValidationConfig),  # its datasets (a list like `datasets`): in the YAML editor
     ]:
         settings |= _schema_leaves(model, f"{section}.")
     settings |= _schema_leaves(EmaConfig, "train.ema_config.")

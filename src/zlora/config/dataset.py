@@ -69,3 +69,21 @@ class DatasetConfig(Section):
     @classmethod
     def _strip_dot(cls, v: str) -> str:
         return v.lstrip(".")
+
+
+class ValidationConfig(Section):
+    every: int = Field(0, ge=0)
+    """Steps between validation losses (0: off); also before the first step and at the last."""
+    sigmas: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    """Noise levels each held-out image is scored at, with fixed noise per image: the same inputs every time."""
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    """Held-out images with captions, never trained on (same fields as ``datasets``)."""
+    seed: int = 0
+    """Seed of the fixed validation noise."""
+
+    @field_validator("sigmas")
+    @classmethod
+    def _levels(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < s <= 1 for s in v):
+            raise ValueError(f"noise levels must be in (0, 1], e.g. [0.1, 0.5, 0.9]; got {v}")
+        return v

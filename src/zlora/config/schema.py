@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from zlora.config.base import DEVICE_PATTERN, MAX_BATCH, MAX_SAMPLE_STEPS, MAX_STEPS, Section, plain_path
-from zlora.config.dataset import DatasetConfig
+from zlora.config.dataset import DatasetConfig, ValidationConfig
 from zlora.config.network import LoraNetworkConfig, NetworkConfig
 from zlora.config.optimizers import ALIASES as OPTIMIZER_ALIASES
 from zlora.config.optimizers import params_problem
@@ -353,6 +353,8 @@ class Config(Section):
     """Folders of images with captions; each with its own resolutions, repeats, caching and flags."""
     sample: SampleConfig = Field(default_factory=SampleConfig)
     """Preview grids during training: prompts, size, steps, guidance, seeds."""
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    """A validation loss on held-out images at fixed noise levels, every ``every`` steps (metrics.jsonl, loss.png)."""
 
     @model_validator(mode="after")
     def _needs_data(self) -> Config:
@@ -363,6 +365,8 @@ class Config(Section):
             self.job.trigger_word or any(d.trigger_word for d in self.datasets)
         ):
             raise ValueError("`train.diff_output_preservation` needs a trigger word: set job.trigger_word")
+        if self.validation.every and not self.validation.datasets:
+            raise ValueError("`validation.every` needs validation.datasets: held-out images with captions")
         if t.min_timestep >= t.max_timestep:
             raise ValueError(
                 f"`train.min_timestep` ({t.min_timestep}) must be below max_timestep ({t.max_timestep})"

@@ -52,7 +52,9 @@ def plot_loss(metrics_path: Path, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in read_metrics(metrics_path) if "loss" in r]  # judge rows (builtin:shapes) have none
+    all_rows = read_metrics(metrics_path)
+    rows = [r for r in all_rows if "loss" in r]  # judge rows (builtin:shapes) and validation rows have none
+    val = [r for r in all_rows if "val_loss" in r]
     if not rows:
         return
     steps = [r["step"] for r in rows]
@@ -64,6 +66,8 @@ def plot_loss(metrics_path: Path, out_png: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     ax.plot(steps, loss, alpha=0.3, label="loss")
     ax.plot(steps, smooth, label="EMA 0.9")
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -87,3 +91,10 @@ def progress_bar(total: int, initial: int, main: bool):
         mininterval=interval,
         disable=not main,
     )
+
+
+def advance(bar, loss: float, lr: float, seconds: float, mem: float) -> None:
+    """One step on the training bar, with the step's numbers beside it."""
+    postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "s_step": f"{seconds:.3f}", "mem_gib": f"{mem:.2f}"}
+    bar.set_postfix(postfix, refresh=False)  # bar.update() redraws
+    bar.update()

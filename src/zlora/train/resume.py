@@ -34,6 +34,7 @@ FREE_TO_CHANGE = [
     "train.unload_text_encoder",
     "save.*",
     "sample.*",
+    "validation.*",  # measured, not trained
     "hub.*",
     "job.device",
     "model.low_vram",  # where the weights live, not what trains: the same LoRA either way

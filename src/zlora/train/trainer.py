@@ -33,7 +33,7 @@ from zlora.train.checkpoint import TrainState
 from zlora.train.compile import compile_blocks
 from zlora.train.ema import ema_weights, make_ema
 from zlora.train.losses import Batch, Objective
-from zlora.train.metrics import MetricsLog, peak_memory_gib, plot_loss, progress_bar
+from zlora.train.metrics import MetricsLog, advance, peak_memory_gib, plot_loss, progress_bar
 from zlora.train.network import make_network
 from zlora.train.optim import make_optimizer, make_scheduler
 from zlora.train.precision import trainable_params
@@ -41,6 +41,7 @@ from zlora.train.previews import Previews
 from zlora.train.runlock import RunLock, check_run_folder
 from zlora.train.stop import GracefulStop, TrainingDiverged, TrainingInterrupted  # noqa: F401 - public here
 from zlora.train.timesteps import sample_sigmas
+from zlora.train.validation import Validation
 from zlora.utils.io import USER_WRITE_ERRNOS, WriteError, write_error
 from zlora.utils.machine import Machine
 
@@ -96,6 +97,8 @@ class Trainer:
         hub = hub_settings(cfg.hub.models_dir, cfg.hub.endpoint, cfg.hub.offline)
         self.model_ref = resolve_model(cfg.model.name_or_path, hub)
         self.data = TrainData(cfg, self.model_ref.folder, self.device, self.dtype)
+        v = cfg.validation.every and Validation(cfg, self.model_ref.folder, self.device, self.dtype)
+        self.validation = v or None
         adapter = cfg.model.assistant_lora_path
         self.adapter_path = resolve_file_ref(adapter, "model.assistant_lora_path", hub) if adapter else None
 
@@ -109,6 +112,8 @@ class Trainer:
         with self.dist.main_first():  # disk caches are filled once, then read by the other processes
             self.data.prepare_latents(self.parts.vae)
             self.data.prepare_text(self._text_encoder)
+            if self.validation:
+                self.validation.prepare(self.parts.vae, self._text_encoder)
         if cfg.train.unload_text_encoder:
             self.parts.text_encoder = self.parts.tokenizer = None
         elif self.parts.text_encoder is not None:  # kept for later, off the device: captions are encoded
@@ -222,15 +227,14 @@ class Trainer:
     def train(self) -> None:
         cfg = self.cfg
         if self.step >= cfg.train.steps:
-            log.info(
-                "already trained to step %d (train.steps=%d); raise it to continue",
-                self.step,
-                cfg.train.steps,
+            return log.info(
+                "already trained to step %d (train.steps=%d); raise it", self.step, cfg.train.steps
             )
-            return
         self.stop.install()
         if self.step == 0 and cfg.sample.prompts and not cfg.sample.skip_first_sample:
             self.sample()
+        if self.step == 0:
+            self._validate(0)  # the baseline: the validation curve starts before any training
         self.transformer.train()
         first = self.step
         with progress_bar(
@@ -248,6 +252,7 @@ class Trainer:
                     self.save_checkpoint()
                 if cfg.sample.prompts and (self.step % cfg.sample.sample_every == 0 or done):
                     self.sample()
+                self._validate(self.step)
                 if stop and not done:
                     raise self.stop.interrupted(self.step, self.run.checkpoint(self.step))
         # From here Ctrl-C aborts at once (exit 130): the last checkpoint holds every step, and a stop
@@ -265,14 +270,7 @@ class Trainer:
             self.metrics.log(
                 step=self.step, loss=loss, lr=lr, seconds=round(seconds, 6), mem_gib=round(mem, 3)
             )
-        postfix = {
-            "loss": f"{loss:.4f}",
-            "lr": f"{lr:.2e}",
-            "s_step": f"{seconds:.3f}",
-            "mem_gib": f"{mem:.2f}",
-        }
-        bar.set_postfix(postfix, refresh=False)  # bar.update() redraws
-        bar.update()
+        advance(bar, loss, lr, seconds, mem)
 
     def step_once(self) -> float:
         """One optimizer step over ``gradient_accumulation`` batches; returns the loss. In a distributed launch the
@@ -327,6 +325,14 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         return self._stop_agreed if self.dist.active else self.stop.signal is not None
+
+    def _validate(self, step: int) -> None:
+        """The validation loss when due (``validation.every``), into metrics.jsonl and the log."""
+        if self.validation and self.dist.main and self.validation.due(step, self.cfg.train.steps):
+            loss = self.validation.loss(self.transformer, self.parts.vae)
+            log.info("validation loss at step %d: %.5f", step, loss)
+            if self.metrics:
+                self.metrics.log(step=step, val_loss=round(loss, 6))
 
     def sample(self) -> None:
         """A preview grid of the model as it is now (and on builtin:shapes, the judge's scores)."""

@@ -156,6 +156,9 @@ PANELS = [
             "sample.skip_first_sample": "Skip First Sample",
             "sample.samples_per_prompt": "Samples per Prompt",
             "sample.network_multiplier": "LoRA Weight in Previews",
+            "validation.every": "Validation Every (steps)",
+            "validation.sigmas": "Validation Noise Levels",
+            "validation.seed": "Validation Seed",
         },
     ),
     _panel(

@@ -382,7 +382,7 @@ async function jobsPage() {
 }
 
 // ------------------------------------------------------------------ one job
-function drawLoss(canvas, rows) {
+function drawLoss(canvas, rows, val = []) {   // val: validation rows {step, val_loss}, drawn beside the training loss
   const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, pad = 40;
   ctx.clearRect(0, 0, W, H);
   ctx.fillStyle = "#8b95a3"; ctx.font = "12px sans-serif";
@@ -390,7 +390,8 @@ function drawLoss(canvas, rows) {
   const xs = rows.map((r) => r.step), ys = rows.map((r) => r.loss);
   const smooth = []; let ema = 0;   // bias-corrected EMA (as TensorBoard smooths)
   ys.forEach((y, i) => { ema = 0.9 * ema + 0.1 * y; smooth.push(ema / (1 - 0.9 ** (i + 1))); });
-  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1), y0 = Math.min(...ys), y1 = Math.max(...ys, y0 + 1e-6);
+  const vs = val.map((r) => r.val_loss);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1), y0 = Math.min(...ys, ...vs), y1 = Math.max(...ys, ...vs, y0 + 1e-6);
   const X = (x) => pad + (x - x0) / (x1 - x0) * (W - 2 * pad), Y = (y) => H - pad + (y0 - y) / (y1 - y0) * (H - 2 * pad);
   ctx.strokeStyle = "#2c333d"; ctx.beginPath(); ctx.moveTo(pad, pad / 2); ctx.lineTo(pad, H - pad); ctx.lineTo(W - pad / 2, H - pad); ctx.stroke();
   ctx.fillText(y1.toPrecision(3), 2, pad / 2 + 8); ctx.fillText(y0.toPrecision(3), 2, H - pad);
@@ -400,6 +401,13 @@ function drawLoss(canvas, rows) {
     series.forEach((y, i) => (i ? ctx.lineTo(X(xs[i]), Y(y)) : ctx.moveTo(X(xs[i]), Y(y)))); ctx.stroke();
   }
   ctx.lineWidth = 1; ctx.fillStyle = "#5aa9ff"; ctx.fillText("loss (raw, smoothed)", W - 170, 14);
+  if (val.length) {
+    ctx.strokeStyle = ctx.fillStyle = "#f5a524"; ctx.lineWidth = 2; ctx.beginPath();
+    val.forEach((r, i) => (i ? ctx.lineTo(X(r.step), Y(r.val_loss)) : ctx.moveTo(X(r.step), Y(r.val_loss)))); ctx.stroke();
+    val.forEach((r) => ctx.fillRect(X(r.step) - 2, Y(r.val_loss) - 2, 4, 4));
+    ctx.lineWidth = 1; ctx.fillText("validation", W - 170, 28);
+  }
+  canvas.dataset.val = JSON.stringify(vs);   // the validation values drawn
 }
 
 function drawTimesteps(canvas, table) {   // the sampling density and the loss weight over t (zlora config timesteps)
@@ -485,7 +493,7 @@ async function jobPage(id) {
   async function refreshSlow() {
     const [metrics, samples, fl, lg] = await Promise.all([api("GET", `/api/jobs/${id}/metrics`), api("GET", `/api/jobs/${id}/samples`),
       api("GET", `/api/jobs/${id}/files`), api("GET", `/api/jobs/${id}/log?tail=80`)]);
-    drawLoss(canvas, metrics.filter((r) => r.loss !== undefined));   // judge rows (builtin:shapes) have no loss
+    drawLoss(canvas, metrics.filter((r) => r.loss !== undefined), metrics.filter((r) => r.val_loss !== undefined));
     renderJudge(metrics.filter((r) => r.judge));
     if (JSON.stringify(samples) !== JSON.stringify(sampleList)) {
       const newest = !sampleList.length || String(shownStep) === String(sampleList[sampleList.length - 1].step);
