@@ -150,3 +150,27 @@ def test_validation_needs_its_datasets():
         parse_config({"validation": {"every": 10}, "datasets": DATA})
     with pytest.raises(UserError, match="validation.sigmas"):
         parse_config({"validation": {"sigmas": [0.0]}, "datasets": DATA})
+
+
+def test_drift_score_of_prompts_without_the_trigger(make_config):
+    from PIL import Image
+
+    from zlora.runfolder import read_metrics
+    from zlora.train.drift import ssim
+
+    a = Image.effect_noise((32, 32), 40).convert("RGB")
+    assert ssim(a, a) == pytest.approx(1.0) and ssim(a, Image.new("RGB", (32, 32), "white")) < 0.5
+    sample = {"prompts": ["zlr, a red square", "a blue circle"], "sample_every": 2, "seed": 3}
+    cfg = make_config({"train": {"steps": 4, "lr": 5e-2}, "sample": sample})
+    t = Trainer(cfg)
+    t.setup()
+    t.train()
+    rows = [r for r in read_metrics(t.run.metrics) if "drift" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    for r in rows:  # only the prompt without the trigger, against its own step-0 image
+        assert [p["prompt"] for p in r["drift"]["prompts"]] == ["a blue circle"]
+        assert r["drift"]["worst"]["prompt"] == "a blue circle" and 0 <= r["drift"]["mean"] <= 2
+    first = Image.open(next(t.run.samples.glob("step-000000_p1_s*.png")))
+    last = Image.open(next(t.run.samples.glob("step-000004_p1_s*.png")))
+    assert rows[-1]["drift"]["mean"] == round(1 - ssim(first, last), 4)
+    assert rows[-1]["drift"]["mean"] > 0  # a LoRA at this lr moves them

@@ -125,10 +125,14 @@ def test_run_folder_holds_lora_checkpoints_metrics_plot_and_previews(make_config
     assert lora.name == "t.safetensors"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
     assert not list((run / "checkpoints").glob(".*")), "no temporary leftovers"
-    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    every = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in every if "drift" not in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and all(
         {"loss", "lr", "seconds"} <= r.keys() for r in rows
     )
+    assert [r["step"] for r in every if "drift" in r] == [
+        5
+    ]  # the preview's drift score (no trigger word here)
     assert Image.open(run / "loss.png").size[0] > 100
     grid = Image.open(run / "samples" / "step-000005.png")
     assert grid.size[0] == 2 * 32 and grid.size[1] > 2 * 32  # 2 seeds wide, 2 prompt rows plus labels
@@ -177,7 +181,11 @@ def _assert_same_lora(a, b):
 def test_bad_optimizer_params_are_a_user_error(make_config):
     from zlora.errors import UserError
 
-    with pytest.raises(UserError, match=r"train.optimizer_params.*adamw takes no 'betass'; did you mean 'betas'"):
+    with pytest.raises(
+        UserError, match=r"train.optimizer_params.*adamw takes no 'betass'; did you mean 'betas'"
+    ):
         _setup(make_config({"train": {"optimizer_params": {"betass": 0.9}}}))  # caught as the config is read
     with pytest.raises(UserError, match=r"`train.optimizer_params` for adamw: .*beta"):
-        _setup(make_config({"train": {"optimizer_params": {"betas": [1.5, 0.9]}}}))  # refused by the constructor
+        _setup(
+            make_config({"train": {"optimizer_params": {"betas": [1.5, 0.9]}}})
+        )  # refused by the constructor

@@ -13,6 +13,7 @@ import torch
 from zlora.config import Config
 from zlora.runfolder import RunFolder, step_name
 from zlora.train.adapter import AdapterSwitch
+from zlora.train.drift import drift, summary
 from zlora.train.sampling import render_previews
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,16 @@ class Previews:
             if self.judge is not None:
                 self._judge(step, cells, prompts, embeds, negs)
         log.info("preview grid: %s", path)
+        if self.judge is None and step > 0:  # real models: how far the prompts without the trigger moved
+            per = self.cfg.sample.samples_per_prompt
+            indices = [i for i in range(len(prompts)) for _ in range(per)]
+            score = drift(
+                self.run.samples, step_name(step), step_name(0), cells, indices, self.cfg.job.trigger_word
+            )
+            if score is not None:
+                if self.metrics is not None:
+                    self.metrics.log(step=step, drift=score)
+                log.info("drift at step %d: %s", step, summary(score))
         vae.to(vae_home)
         self.adapters.train()
         transformer.train(was_training)

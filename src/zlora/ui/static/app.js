@@ -436,13 +436,14 @@ async function jobPage(id) {
   const canvas = el("canvas", {id: "loss-chart", width: 900, height: 260});
   const gallery = el("div", {class: "gallery", id: "gallery"});
   const judgeBox = el("div", {id: "judge"});   // builtin:shapes runs: the pixel judge's scores per preview
+  const driftBox = el("div", {id: "drift"});   // real models: 1 - SSIM of the prompts without the trigger vs step 0
   const compare = el("div", {class: "compare", id: "compare"});
   const logBox = el("pre", {class: "log", id: "log"});
   const files = el("ul", {id: "files"});
   const head = el("div", {});
   const stepA = el("select", {id: "compare-a"}), stepB = el("select", {id: "compare-b"});
   view.replaceChildren(head, stats, el("h2", {}, "Loss"), canvas,
-    el("h2", {}, "Samples"), judgeBox, gallery,
+    el("h2", {}, "Samples"), judgeBox, driftBox, gallery,
     el("h2", {}, "Compare two steps"), el("div", {class: "toolbar"}, stepA, "vs", stepB), compare,
     el("h2", {}, "Downloads"), files, el("h2", {}, "Log"), logBox);
   let job = null, sampleList = [];
@@ -479,6 +480,13 @@ async function jobPage(id) {
         .map((v) => el("td", {}, String(v))))))),
       el("div", {class: "muted"}, "pixel judge of the previews (builtin:shapes): colours and shape as asked; the star with the trigger; changes versus the base model without it")] : []));
   }
+  function renderDrift(rows) {
+    driftBox.replaceChildren(...(rows.length ? [el("table", {class: "judge"},
+      el("thead", {}, el("tr", {}, ["step", "drift (mean)", "worst prompt", "its drift"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows.map((r) => el("tr", {}, [r.step, r.drift.mean.toFixed(3), r.drift.worst.prompt, r.drift.worst.drift.toFixed(3)]
+        .map((v) => el("td", {}, String(v))))))),
+      el("div", {class: "muted"}, "drift: 1 - SSIM of each preview prompt without the trigger word against its step-0 image (0: untouched)")] : []));
+  }
   let shownStep = null;
   function renderGallery(steps) {   // one checkpoint step at a time: rows = prompts, columns = seeds
     const tabs = el("div", {class: "toolbar", id: "gallery-steps"}, steps.map((st) =>
@@ -495,6 +503,7 @@ async function jobPage(id) {
       api("GET", `/api/jobs/${id}/files`), api("GET", `/api/jobs/${id}/log?tail=80`)]);
     drawLoss(canvas, metrics.filter((r) => r.loss !== undefined), metrics.filter((r) => r.val_loss !== undefined));
     renderJudge(metrics.filter((r) => r.judge));
+    renderDrift(metrics.filter((r) => r.drift));
     if (JSON.stringify(samples) !== JSON.stringify(sampleList)) {
       const newest = !sampleList.length || String(shownStep) === String(sampleList[sampleList.length - 1].step);
       sampleList = samples;
