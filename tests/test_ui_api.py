@@ -37,7 +37,8 @@ def test_a_job_trains_to_the_end_with_metrics_samples_files_and_log(server):
     assert job["step"] == job["steps"] == 12 and job["loss"] is not None
     assert job["lora_path"].endswith("api1/api1.safetensors")
     rows = server.call("GET", f"/api/jobs/{job_id}/metrics")[1]
-    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 13))
+    assert [r["step"] for r in rows if "drift" in r] == [6, 12]  # each preview after step 0: its drift score
     samples = server.call("GET", f"/api/jobs/{job_id}/samples")[1]
     assert {s["step"] for s in samples} == {0, 6, 12} and {s["prompt_index"] for s in samples} == {0, 1}
     status, png = server.call("GET", samples[0]["url"])
