@@ -73,7 +73,7 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
         d.find_element(By.ID, "submit").click()
         wait(lambda: "#/jobs/" in d.current_url, 20, "the job page")
         wait(lambda: d.find_element(By.ID, "job-status").text == "done", 180, "the job to finish")
-        assert d.find_element(By.ID, "stat-step").text == "18 / 18"
+        assert wait(lambda: d.find_element(By.ID, "stat-step").text == "18 / 18", 10, "the last step")
         wait(
             lambda: d.execute_script(
                 "const c = document.getElementById('loss-chart'); const px = c.getContext('2d')"
@@ -139,7 +139,9 @@ def test_form_to_finished_job_then_stop_and_resume_a_copy(browser, tmp_path):
             "button[data-action=stop]",
         )  # re-rendered as status moves
         wait(lambda: d.find_element(By.ID, "job-status").text == "stopped", 60, "the stop")
-        assert d.find_element(By.ID, "stat-eta").text == "–"  # a stopped job has no ETA
+        assert wait(
+            lambda: d.find_element(By.ID, "stat-eta").text == "–", 10, "no ETA"
+        )  # a stopped job has none
         at = int(d.find_element(By.ID, "stat-step").text.split(" / ")[0])
         wait(
             lambda: click(d, d.find_element(By.CSS_SELECTOR, "button[data-action=resume]")),
@@ -189,6 +191,8 @@ sample: {{sample_every: 2, prompts: ["a red zlr on a blue background", "a red ci
         )
         cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows]
         assert [c[0] for c in cells] == ["0", "2", "4"] and cells[0][3] == "0%", cells
-        assert browser.find_element(By.ID, "stat-step").text == "4 / 4"  # judge rows leave the progress alone
+        assert wait(
+            lambda: browser.find_element(By.ID, "stat-step").text == "4 / 4", 10, "step 4 / 4"
+        )  # judge rows leave the progress alone
     finally:
         server.kill()

@@ -242,10 +242,10 @@ def test_a_failed_job_says_why_and_its_settings_can_be_edited(browser, tmp_path)
         ).click()
         box = lambda: d.find_element(By.ID, "resume-failed")  # noqa: E731 - re-rendered with each update
         wait(lambda: box().is_displayed(), 20, "why it failed, on the job page")
-        assert "more than the width" in box().text
+        assert wait(lambda: "more than the width" in box().text, 10, "the reason it failed")
         wait(lambda: click(d, box().find_element(By.CSS_SELECTOR, "button[data-action=edit]")), 10, "Edit")
         wait(lambda: _value(d, "f-network-linear") == "100", 20, "the job's settings in the form")
-        assert d.find_element(By.TAG_NAME, "h1").text == "Edit job 1"
+        assert wait(lambda: d.find_element(By.TAG_NAME, "h1").text == "Edit job 1", 10, "the Edit title")
         type_into(d, "f-network-linear", "4")
         type_into(d, "f-network-linear_alpha", "4")
         d.find_element(By.ID, "submit").click()
