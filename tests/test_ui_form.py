@@ -97,17 +97,17 @@ def test_the_guides_starting_values_the_machines_say_and_a_set_field_wins(tmp_pa
         "float8",
         True,
     )
-    big = new_job_defaults(None, True, 80.0)
+    big = new_job_defaults(None, 80.0)
     assert "model.quantize" not in big and big["train.optimizer"] == "adamw8bit"
-    assert "model.low_vram" not in new_job_defaults(None, True, 16.0)
-    assert new_job_defaults(None, True, 12.0)["model.low_vram"] is True  # 8-12 GB: blocks swapped (auto)
+    assert "model.low_vram" not in new_job_defaults(None, 16.0)
+    assert new_job_defaults(None, 12.0)["model.low_vram"] is True  # 8-12 GB: blocks swapped (auto)
     shapes = _full({**draft, "model": {"name_or_path": "builtin:shapes"}}, tmp_path, GPU16, baseline=True)
     assert (shapes["train"]["steps"], shapes["sample"]["width"], shapes["datasets"][0]["resolution"]) == (
         400,
         64,
         [64],
     )
-    assert new_job_defaults("builtin:tiny", True, 16.0) == {}
+    assert new_job_defaults("builtin:tiny", 16.0) == {}
     mine = {**draft, "train": {"steps": 300, "optimizer": "lion"}, "model": {"assistant_lora_path": None}}
     set_ = _full(mine, tmp_path, GPU16, baseline=True)
     assert (set_["train"]["steps"], set_["train"]["optimizer"], set_["model"]["assistant_lora_path"]) == (

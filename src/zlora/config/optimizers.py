@@ -1,5 +1,5 @@
 """The optimizers zlora offers: the library each comes from, the keyword arguments it takes (what
-``train.optimizer_params`` may set; a test compares them with the real signatures), what it needs to run, and its
+``train.optimizer_params`` may set; a test compares them with the real signatures), the package it needs, and its
 name as the training guide and ai-toolkit's form write it. Torch-free, so the config, the web form and the
 pre-flight check read it without loading torch; ``train.optim.make_optimizer`` builds from it."""
 
@@ -16,7 +16,6 @@ class Optimizer:
     package: str | None  # pip package (None: torch, transformers or zlora itself, always installed)
     label: str  # the guide's / ai-toolkit's name
     params: tuple[str, ...]  # keyword arguments besides lr (train.lr) and weight_decay (train.weight_decay)
-    needs_cuda: bool = False  # none today: bitsandbytes (>= 0.49) has CPU kernels for its 8-bit optimizers
 
 
 _ADAM = ("betas", "eps", "amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused")
@@ -84,19 +83,10 @@ def params_problem(name: str, given: dict) -> str | None:
     return None
 
 
-def runs_on(device_type: str) -> list[str]:
-    """The optimizers that run on a device of this type (``cuda``, ``cpu``, ``mps``)."""
-    return [k for k, o in OPTIMIZERS.items() if device_type == "cuda" or not o.needs_cuda]
-
-
-def problem(name: str, device_type: str, installed) -> str | None:
-    """Why optimizer ``name`` cannot run on ``device_type`` (``installed(package)`` says what is importable)."""
+def problem(name: str, installed) -> str | None:
+    """Why optimizer ``name`` cannot run here (``installed(package)`` says what is importable). Every optimizer
+    runs on every device (bitsandbytes has CPU kernels), so only a missing package stops one."""
     opt = OPTIMIZERS[name]
-    if opt.needs_cuda and device_type != "cuda":
-        return (
-            f"`train.optimizer` {name} needs a CUDA GPU; on {device_type} use one of: "
-            f"{', '.join(runs_on(device_type))}"
-        )
     if opt.package and not installed(opt.package):
         return f"`train.optimizer` {name} needs the {opt.package} package: pip install {opt.package}"
     return None

@@ -91,9 +91,9 @@ QUANTIZE_BELOW_GIB = 24  # the guide: float8 at 16 GB, bf16 (no quantization) fr
 LOW_VRAM_BELOW_GIB = 14  # the guide's "VRAM 不足" fix: Low VRAM (blocks swapped, `auto`) on 8-12 GB cards
 
 
-def new_job_defaults(name_or_path: str | None, cuda: bool, memory_gib: float | None) -> dict:
-    """The New Training Job form's starting values for this base model on this machine (``cuda``: it has a CUDA
-    device, ``memory_gib`` the first one's memory). The guide's AdamW8Bit everywhere (bitsandbytes runs it on
+def new_job_defaults(name_or_path: str | None, memory_gib: float | None) -> dict:
+    """The New Training Job form's starting values for this base model on this machine (``memory_gib``: its first
+    CUDA device's memory, None without one). The guide's AdamW8Bit everywhere (bitsandbytes runs it on
     the CPU too). A GPU under 24 GiB quantizes to float8, as the guide advises at 16 GB; under 14 GiB Low VRAM too."""
     if name_or_path == "builtin:shapes":
         return dict(SHAPES_BASELINE)

@@ -96,15 +96,14 @@ def anchor_draws(train, u_anchor, z, u_mix, u_flat):
     an anchor (index from ``u_anchor``) + ``anchor_jitter`` z, or with probability ``anchor_mix`` (``u_mix``) a
     uniform level ``u_flat``; clipped to [0, 1]. The trainer and the curve share it."""
     a = anchors(train)
-    idx = (u_anchor * len(a)).astype(int).clip(0, len(a) - 1) if isinstance(u_anchor, np.ndarray) else None
-    if idx is None:  # torch
-        import torch
+    if isinstance(u_anchor, np.ndarray):
+        s = a[(u_anchor * len(a)).astype(int).clip(0, len(a) - 1)] + train.anchor_jitter * z
+        return np.where(u_mix < train.anchor_mix, u_flat, s).clip(0.0, 1.0)
+    import torch  # the trainer's draw, on its device (this module stays importable without torch)
 
-        table = torch.tensor(a, dtype=u_anchor.dtype, device=u_anchor.device)
-        s = table[(u_anchor * len(a)).long().clamp(0, len(a) - 1)] + train.anchor_jitter * z
-        return torch.where(u_mix < train.anchor_mix, u_flat, s).clamp(0.0, 1.0)
-    s = a[idx] + train.anchor_jitter * z
-    return np.where(u_mix < train.anchor_mix, u_flat, s).clip(0.0, 1.0)
+    table = torch.tensor(a, dtype=u_anchor.dtype, device=u_anchor.device)
+    s = table[(u_anchor * len(a)).long().clamp(0, len(a) - 1)] + train.anchor_jitter * z
+    return torch.where(u_mix < train.anchor_mix, u_flat, s).clamp(0.0, 1.0)
 
 
 def density(train, s: np.ndarray, resolution: int = 20001) -> np.ndarray:

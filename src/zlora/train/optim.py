@@ -14,13 +14,10 @@ from zlora.errors import UserError
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device):
     opt = OPTIMIZERS[cfg.optimizer]
-    why = problem(cfg.optimizer, device.type, lambda package: True)  # an import error says it below
-    if why:
-        raise UserError(why)
     try:
         cls = getattr(importlib.import_module(opt.module), opt.cls)
     except ImportError:
-        raise UserError(problem(cfg.optimizer, device.type, lambda package: False)) from None
+        raise UserError(problem(cfg.optimizer, lambda package: False)) from None
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **cfg.optimizer_params}
     kwargs = {k: tuple(v) if k in ("betas", "eps") and isinstance(v, list) else v for k, v in kwargs.items()}
     if cfg.optimizer == "adafactor":  # a fixed lr, as the other optimizers: no relative step or warm-up init

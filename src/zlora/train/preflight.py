@@ -60,8 +60,7 @@ def problems(cfg: Config, machine: Machine) -> list[tuple[str, str]]:
     if why:
         found.append(("job.device", why))
     if machine.known:
-        device = machine.default_device if cfg.job.device == "auto" else cfg.job.device.split(":")[0]
-        why = optimizer_problem(cfg.train.optimizer, device, Machine.installed)
+        why = optimizer_problem(cfg.train.optimizer, Machine.installed)
         if why:
             found.append(("train.optimizer", why))
     before = len(found)

@@ -97,8 +97,9 @@ class Trainer:
         hub = hub_settings(cfg.hub.models_dir, cfg.hub.endpoint, cfg.hub.offline)
         self.model_ref = resolve_model(cfg.model.name_or_path, hub)
         self.data = TrainData(cfg, self.model_ref.folder, self.device, self.dtype)
-        v = cfg.validation.every and Validation(cfg, self.model_ref.folder, self.device, self.dtype)
-        self.validation = v or None
+        self.validation = (
+            Validation(cfg, self.model_ref.folder, self.device, self.dtype) if cfg.validation.every else None
+        )
         adapter = cfg.model.assistant_lora_path
         self.adapter_path = resolve_file_ref(adapter, "model.assistant_lora_path", hub) if adapter else None
 

@@ -46,7 +46,7 @@ def with_baseline(data: dict, machine: Machine) -> dict:
     a field set to null)."""
     data = copy.deepcopy(data)
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    defaults = new_job_defaults(model.get("name_or_path"), bool(machine.cuda), machine.memory_gib)
+    defaults = new_job_defaults(model.get("name_or_path"), machine.memory_gib)
     for path, value in defaults.items():
         parts = path.split(".")
         if parts[0] == "datasets":
