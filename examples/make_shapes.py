@@ -38,18 +38,24 @@ def draw(shape: str, fg: tuple, bg: tuple) -> Image.Image:
 
 
 def make_stars(n: int = 16, seed: int = 7) -> None:
+    """The stars, and in ``star_masks/`` a loss mask of each (white on the star, black elsewhere: the
+    masked-dataset row of benchmarks/RESULTS.md, ``datasets[0].mask_path``)."""
+    import dataclasses
     import random
 
     from zlora.shapes.world import CONCEPT, STAR_SIZES, STAR_SPREAD, random_scene, render
 
-    out = Path(__file__).parent / "stars"
+    out, masks = Path(__file__).parent / "stars", Path(__file__).parent / "star_masks"
     out.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for i in range(n):
         scene = random_scene(rng, shapes=(CONCEPT,), two_tone=0.2, sizes=STAR_SIZES, spread=STAR_SPREAD)
         stem = out / f"{i:02d}_{scene.fg}_star"
         render(scene).save(stem.with_suffix(".png"), optimize=True)
         stem.with_suffix(".txt").write_text(scene.caption("[trigger]") + "\n")
+        shape_only = render(dataclasses.replace(scene, fg="white", bg="black", bg2=None)).convert("L")
+        shape_only.point(lambda v: 255 if v > 128 else 0).save(masks / f"{stem.name}.png", optimize=True)
 
 
 def make_world(n: int = 32, seed: int = 11) -> None:

@@ -80,8 +80,8 @@ NONE: dict[str, str] = {
     "train.short_and_long_captions": "",
     "train.single_item_batching": "",
     "train.loss_target": "the target is always x0 - noise",
-    "train.inverted_mask_prior": "masks are not supported yet",
-    "train.inverted_mask_prior_multiplier": "masks are not supported yet",
+    "train.inverted_mask_prior": "the masked-out part is not trained towards the base model (use prior_reg)",
+    "train.inverted_mask_prior_multiplier": "the masked-out part is not trained towards the base model",
     "train.do_prior_divergence": "",
     "model.model_kwargs": "",
     "model.extras_name_or_path": "zlora reads the text encoder and VAE from name_or_path's own folder",
@@ -113,8 +113,7 @@ NONE: dict[str, str] = {
 # datasets[].key -> why zlora has no equivalent
 DATASET_NONE: dict[str, str] = {
     "control_path": "no control images", "controls": "no control images", "multi_control_paths": "",
-    "mask_path": "masks are not supported yet", "mask_min_value": "masks are not supported yet",
-    "alpha_mask": "masks are not supported yet", "network_weight": "", "num_frames": "images only",
+    "network_weight": "", "num_frames": "images only",
     "shrink_video_to_frames": "images only", "do_i2v": "images only", "fps": "images only",
     "flip_y": "only flip_x is supported", "token_dropout_rate": "", "shuffle_tokens": "", "random_triggers": "",
     "keep_tokens": "", "augments": "", "augmentations": "", "buckets": "aspect buckets are always on",

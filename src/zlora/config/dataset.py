@@ -3,7 +3,7 @@ its own module to keep ``schema.py`` readable; ``schema`` re-exports it)."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from zlora.config.base import Section, plain_path
 
@@ -42,8 +42,32 @@ class DatasetConfig(Section):
     """Train this dataset's images towards the base model's own prediction on them (the LoRA at weight 0)
     instead of towards the image: the LoRA learns to change nothing there (ai-toolkit's ``prior_reg``; use with
     ``is_reg``). Costs one forward without gradients per such sample."""
+    mask_path: str | None = None
+    """Folder of loss masks (ai-toolkit's ``mask_path``): for each image a same-named image there (any image
+    type), white where the loss counts, black where it does not; cropped, resized and flipped with its image and
+    averaged over each latent pixel. Every image needs one, of its aspect ratio."""
+    alpha_mask: bool = False
+    """Use each image's own alpha channel as its loss mask (ai-toolkit's ``alpha_mask``; every image needs
+    one); the image itself is trained composited on white."""
+    mask_min_value: float = Field(0.0, ge=0, le=1)
+    """The loss weight of a mask's black (ai-toolkit's ``mask_min_value``): the mask's 0..1 becomes this..1, so
+    0 trains nothing outside the mask and e.g. 0.1 keeps a little of the background."""
+    invert_mask: bool = False
+    """Swap the mask's black and white (ai-toolkit's ``invert_mask``)."""
 
-    _path = field_validator("folder_path", "cache_dir")(plain_path)
+    _path = field_validator("folder_path", "cache_dir", "mask_path")(plain_path)
+
+    @model_validator(mode="after")
+    def _one_mask_source(self):
+        if self.mask_path and self.alpha_mask:
+            raise ValueError(
+                "set either mask_path (a folder of masks) or alpha_mask (the images' alpha), not both"
+            )
+        return self
+
+    @property
+    def masked(self) -> bool:
+        return bool(self.mask_path) or self.alpha_mask
 
     @field_validator("folder_path")
     @classmethod
@@ -78,6 +102,10 @@ class ValidationConfig(Section):
     """Noise levels each held-out image is scored at, with fixed noise per image: the same inputs every time."""
     datasets: list[DatasetConfig] = Field(default_factory=list)
     """Held-out images with captions, never trained on (same fields as ``datasets``)."""
+    split: float = Field(0.0, ge=0, lt=1)
+    """Share of each training dataset's images (not of ``is_reg`` ones) held out for validation instead of
+    trained on, beside ``validation.datasets``: e.g. 0.1 keeps 1 of 10 images aside (at least 1 of 2 or more).
+    Which ones depends only on the file names, so the split is the same in every run and at a resume."""
     seed: int = 0
     """Seed of the fixed validation noise."""
 

@@ -248,8 +248,24 @@ def check_paths(cfg: Config, source: str = "config") -> None:
                 f"{source}: `datasets[{i}].folder_path` {folder} lies inside the run folder {run}; move the "
                 "dataset or choose another job.output_dir"
             )
+        if ds.mask_path:
+            problems += _mask_folder_problems(ds, f"{source}: `datasets[{i}].mask_path`", folder)
     if problems:
         raise UserError(problems=problems)
+
+
+def _mask_folder_problems(ds, name: str, images: Path) -> list[str]:
+    masks = Path(ds.mask_path).expanduser()
+    if not masks.is_dir():
+        what = "is not a folder" if masks.exists() else "does not exist"
+        return [f"{name} {what}: {masks.resolve()}; point it at the folder of same-named mask images"]
+    masks = masks.resolve()
+    if masks == images or (ds.include_subfolders and images in masks.parents):
+        return [
+            f"{name} {masks} is read as part of the dataset's images: the masks would be trained as pictures; "
+            "move them to a folder outside folder_path"
+        ]
+    return []
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Config:

@@ -365,8 +365,13 @@ class Config(Section):
             self.job.trigger_word or any(d.trigger_word for d in self.datasets)
         ):
             raise ValueError("`train.diff_output_preservation` needs a trigger word: set job.trigger_word")
-        if self.validation.every and not self.validation.datasets:
-            raise ValueError("`validation.every` needs validation.datasets: held-out images with captions")
+        v = self.validation
+        if v.every and not (v.datasets or v.split):
+            raise ValueError(
+                "`validation.every` needs held-out images: validation.datasets, or validation.split (e.g. 0.1)"
+            )
+        if v.split and not v.every:
+            raise ValueError("`validation.split` holds images out for nothing: set validation.every too")
         if t.min_timestep >= t.max_timestep:
             raise ValueError(
                 f"`train.min_timestep` ({t.min_timestep}) must be below max_timestep ({t.max_timestep})"

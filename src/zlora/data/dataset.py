@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from zlora.config.schema import DatasetConfig
 from zlora.data.buckets import assign_bucket, crop_box
 from zlora.data.files import CACHE_FOLDER, IMAGE_EXTS, list_images  # noqa: F401 (their home is files.py)
+from zlora.data.masks import find_mask, mask_problem
 from zlora.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ class Entry:
     flip: bool
     caption: str
     dataset: int
+    mask: Path | None = None  # the loss mask's file (the image itself for alpha_mask)
 
 
 def read_caption(image: Path, ext: str, default: str) -> str:
@@ -85,12 +89,16 @@ class Scan:
     too_small: list[str]  # "name (WxH) too small for resolution R"
 
 
-def scan_dataset(ds: DatasetConfig, index: int, job_trigger: str | None) -> Scan:
-    """Entries of one dataset (one per image, resolution and flip) and the files that gave none."""
+def scan_dataset(
+    ds: DatasetConfig, index: int, job_trigger: str | None, keep: Callable[[Path], bool] | None = None
+) -> Scan:
+    """Entries of one dataset (one per image, resolution and flip) and the files that gave none; ``keep``
+    chooses the images (validation.split)."""
     trigger = ds.trigger_word or job_trigger
-    images = list_images(ds, index)
+    images = [p for p in list_images(ds, index) if keep is None or keep(p)]
     scan = Scan([], len(images), [], [])
     _report_captions(ds, index, images)
+    bad_masks: list[str] = []
     for img in images:
         caption = apply_trigger(
             read_caption(img, ds.caption_ext, ds.default_caption),
@@ -103,14 +111,34 @@ def scan_dataset(ds: DatasetConfig, index: int, job_trigger: str | None) -> Scan
         except BAD_IMAGE as e:
             scan.unreadable.append(f"{img.name} ({why(e)})")
             continue
+        mask, problem = find_mask(ds, img, (w, h))
+        if problem:
+            bad_masks.append(problem)
+            continue
         for res in ds.resolution:
             bucket = assign_bucket(w, h, res)
             if bucket is None:
                 scan.too_small.append(f"{img.name} ({w}x{h}) too small for resolution {res}")
                 continue
             for flip in (False, True) if ds.flip_x else (False,):
-                scan.entries.append(Entry(img, bucket, flip, caption, index))
+                scan.entries.append(Entry(img, bucket, flip, caption, index, mask))
+    if bad_masks:
+        raise mask_problem(ds, index, bad_masks)
     return scan
+
+
+def held_out(ds: DatasetConfig, images: list[Path], split: float) -> set[Path]:
+    """``validation.split``'s share of a dataset's images: those whose name hashes lowest (the same images in
+    every run, whatever else is in the folder), at least one of two or more, never all."""
+    if not split or ds.is_reg or len(images) < 2:
+        return set()
+    n = min(len(images) - 1, max(1, round(split * len(images))))
+    folder = Path(ds.folder_path).expanduser()
+
+    def rank(p: Path) -> str:
+        return hashlib.sha256(p.relative_to(folder).as_posix().encode()).hexdigest()
+
+    return set(sorted(images, key=rank)[:n])
 
 
 def _report_captions(ds: DatasetConfig, index: int, images: list[Path]) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +17,18 @@ from tqdm.auto import tqdm
 from zlora.config import Config
 from zlora.data.buckets import BucketBatches
 from zlora.data.cache import LATENT_FORMAT, TEXT_FORMAT, DiskCache, fingerprint, key
-from zlora.data.dataset import BAD_IMAGE, Entry, dataset_cache_dir, decode_image, scan_dataset, to_pixels, why
+from zlora.data.dataset import (
+    BAD_IMAGE,
+    Entry,
+    dataset_cache_dir,
+    decode_image,
+    held_out,
+    list_images,
+    scan_dataset,
+    to_pixels,
+    why,
+)
+from zlora.data.masks import Masks
 from zlora.errors import UserError
 from zlora.models import zimage
 
@@ -26,16 +38,30 @@ VAE_BATCH = 4
 TEXT_BATCH = 8
 
 
+def held_out_images(cfg: Config) -> list[set[Path]]:
+    """Per training dataset, the images ``validation.split`` holds out."""
+    return [held_out(ds, list_images(ds, i), cfg.validation.split) for i, ds in enumerate(cfg.datasets)]
+
+
 class TrainData:
     def __init__(
-        self, cfg: Config, model_folder: Path, device: torch.device, dtype: torch.dtype = torch.float32
+        self,
+        cfg: Config,
+        model_folder: Path,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        keep: Callable[[int, Path], bool] | None = None,
     ):
-        """``dtype``: the text encoder's compute dtype (a bf16 encoder gives other embeddings than fp32)."""
+        """``dtype``: the text encoder's compute dtype (a bf16 encoder gives other embeddings than fp32).
+        ``keep(dataset, image)``: which images to use; by default all but those ``validation.split`` holds out."""
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.entries: list[Entry] = []
         self.n_images, self.unreadable, self.too_small = 0, [], []
+        if keep is None and cfg.validation.split:
+            held = held_out_images(cfg)
+            keep = lambda i, p: p not in held[i]  # noqa: E731
         for i, ds in enumerate(cfg.datasets):
-            scan = scan_dataset(ds, i, cfg.job.trigger_word)
+            scan = scan_dataset(ds, i, cfg.job.trigger_word, keep and (lambda p, i=i: keep(i, p)))
             self.entries += scan.entries
             self.n_images += scan.images
             self.unreadable += scan.unreadable
@@ -52,6 +78,7 @@ class TrainData:
             for i, ds in enumerate(cfg.datasets)
             if cfg.train.cache_text_embeddings
         }
+        self.masks = Masks(cfg.datasets, self.latent_caches)
         self.image_sha: dict[Path, str] = {}
         self.text_memory: dict[str, torch.Tensor] = {}
         self.encoder_calls = {"vae": 0, "text": 0}  # images / prompts encoded (tests and benchmarks read it)
@@ -103,6 +130,7 @@ class TrainData:
         bar.close()
         self.entries = [e for e in self.entries if e.image not in bad]
         self._report()
+        self.masks.prepare(self.entries, self.vae_factor(vae), self.image_sha)
         log.info(
             "dataset: %d images, %d samples in %d buckets; %d latents encoded now",
             len(images) - len(bad),
@@ -308,5 +336,13 @@ class TrainData:
     def latent_shape(self, i: int, vae) -> tuple[int, int, int]:
         """(C, h, w) of entry ``i``'s training latent, from its bucket (no encoding needed)."""
         width, height = self.entries[i].bucket
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        factor = self.vae_factor(vae)
         return (vae.config.latent_channels, height // factor, width // factor)
+
+    @staticmethod
+    def vae_factor(vae) -> int:
+        return 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def loss_masks(self, idx: list[int]) -> list[torch.Tensor | None]:
+        """Per-latent-pixel loss weights (1, h, w) of entries ``idx`` (None for an entry without a mask)."""
+        return [self.masks.weight(self.entries[i], self.device) for i in idx]

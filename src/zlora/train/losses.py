@@ -17,7 +17,8 @@ from zlora.train.curves import AITK_WEIGHTED_KNOTS, snr_weight
 
 @dataclass
 class Batch:
-    """One process's share of a batch: entry indices, clean latents, noise, sigmas and caption embeddings."""
+    """One process's share of a batch: entry indices, clean latents, noise, sigmas and caption embeddings (the
+    entries' loss masks are read from the data by index)."""
 
     idx: list[int]
     x0: list[torch.Tensor]  # (C, h, w) each
@@ -48,14 +49,28 @@ def _type_weights(cfg: TrainConfig, sigmas: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(sigmas)
 
 
-def sample_loss(pred: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Mean loss of one sample (fp32)."""
-    pred = pred.float()
+def sample_loss(
+    pred: torch.Tensor, target: torch.Tensor, cfg: TrainConfig, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean loss of one sample (fp32); with a loss mask (1, h, w) the mean weighted by it."""
+    pred, target = pred.float(), target.float()
     if cfg.loss_type == "mae":
-        return F.l1_loss(pred, target)
-    if cfg.loss_type == "huber":
-        return F.huber_loss(pred, target, delta=cfg.huber_delta)
-    return F.mse_loss(pred, target)
+        err = F.l1_loss(pred, target, reduction="none")
+    elif cfg.loss_type == "huber":
+        err = F.huber_loss(pred, target, delta=cfg.huber_delta, reduction="none")
+    else:
+        err = F.mse_loss(pred, target, reduction="none")
+    return masked_mean(err, mask)
+
+
+def masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``err`` (C, h, w) weighted by ``mask`` (1, h, w): each sample's loss is the mean over the
+    pixels its mask keeps, so a small mask does not make a small loss (ai-toolkit divides by the batch's mean
+    mask instead, which weighs a sample by its mask's area). An all-black mask at mask_min_value 0 gives 0."""
+    if mask is None:
+        return err.mean()
+    mask = mask.to(err.dtype).expand_as(err)
+    return (err * mask).sum() / mask.sum().clamp_min(1e-12)
 
 
 def guided_target(pred: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
@@ -93,7 +108,8 @@ class Objective:
             prior = self.prior([x_s[n] for n in prior_at], b.sigmas[prior_at], [b.caps[n] for n in prior_at])
             for n, q in zip(prior_at, prior, strict=True):
                 target[n] = q
-        losses = torch.stack([sample_loss(p, t, cfg) for p, t in zip(pred, target, strict=True)])
+        masks = self.data.loss_masks(b.idx)
+        losses = torch.stack([sample_loss(p, t, cfg, m) for p, t, m in zip(pred, target, masks, strict=True)])
         loss = (losses * loss_weights(cfg, b.sigmas)).mean()
         dop_at = [
             n for n, d in enumerate(datasets) if not d.is_reg

@@ -34,7 +34,10 @@ FREE_TO_CHANGE = [
     "train.unload_text_encoder",
     "save.*",
     "sample.*",
-    "validation.*",  # measured, not trained
+    "validation.every",  # measured, not trained (validation.split is: it takes images from training)
+    "validation.sigmas",
+    "validation.seed",
+    "validation.datasets*",
     "hub.*",
     "job.device",
     "model.low_vram",  # where the weights live, not what trains: the same LoRA either way

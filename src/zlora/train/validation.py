@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from zlora.config import Config
-from zlora.data.loader import TrainData
+from zlora.data.loader import TrainData, held_out_images
 from zlora.models import zimage
+from zlora.train.losses import masked_mean
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,13 @@ log = logging.getLogger(__name__)
 class Validation:
     def __init__(self, cfg: Config, model_folder: Path, device: torch.device, dtype: torch.dtype):
         self.cfg = cfg.validation
-        held_out = cfg.model_copy(update={"datasets": cfg.validation.datasets})
-        self.data = TrainData(held_out, model_folder, device, dtype)
+        own = len(cfg.validation.datasets)
+        split = held_out_images(cfg) if cfg.validation.split else [set() for _ in cfg.datasets]
+        # validation.datasets whole, then the training datasets' held-out images (validation.split)
+        held_out = cfg.model_copy(update={"datasets": [*cfg.validation.datasets, *cfg.datasets]})
+        self.data = TrainData(
+            held_out, model_folder, device, dtype, keep=lambda i, p: i < own or p in split[i - own]
+        )
         self.device, self.dtype = device, dtype
 
     def prepare(self, vae, load_encoder) -> None:
@@ -35,7 +41,8 @@ class Validation:
 
     @torch.no_grad()
     def loss(self, transformer, vae) -> float:
-        """Mean MSE between prediction and ``x0 - noise`` over every held-out sample and noise level."""
+        """Mean MSE between prediction and ``x0 - noise`` over every held-out sample and noise level (weighted by
+        the sample's loss mask, if its dataset has masks)."""
         total, n = 0.0, 0
         for i, entry in enumerate(self.data.entries):
             x0 = self.data.latents([i], vae)[0]
@@ -46,6 +53,7 @@ class Validation:
             sigmas = torch.tensor(self.cfg.sigmas, device=self.device)
             x_s = [zimage.noisy_latents(x0, noise, s) for s in sigmas]
             pred = zimage.predict(transformer, x_s, sigmas, [cap] * len(sigmas), self.dtype)
-            total += sum(torch.mean((p.float() - target) ** 2).item() for p in pred)
+            mask = self.data.loss_masks([i])[0]
+            total += sum(masked_mean((p.float() - target) ** 2, mask).item() for p in pred)
             n += len(pred)
         return total / max(n, 1)
