@@ -139,7 +139,7 @@ def test_each_lr_schedule_has_its_curve_and_restarts_restart():
 def test_optimizers_minimise_and_take_their_params(name):
     p = torch.nn.Parameter(torch.full((8,), 3.0))
     lr = {"prodigy": 1.0, "lion": 0.05}.get(name, 0.1)
-    opt = make_optimizer(_train_cfg(optimizer=name, lr=lr, weight_decay=0.0), [p], torch.device("cpu"))
+    opt = make_optimizer(_train_cfg(optimizer=name, lr=lr, weight_decay=0.0), [p])
     for _ in range(60):
         (p**2).sum().backward()
         opt.step()
@@ -152,7 +152,7 @@ def test_optimizers_minimise_and_take_their_params(name):
     bad = {"adagrad": {"eps": -1.0}, "adafactor": None}.get(name, {"betas": [2.0, 0.9]})
     if bad:
         with pytest.raises(UserError, match=f"optimizer_params` for {name}"):
-            make_optimizer(_train_cfg(optimizer=name, optimizer_params=bad), [p], torch.device("cpu"))
+            make_optimizer(_train_cfg(optimizer=name, optimizer_params=bad), [p])
 
 
 def test_timestep_samplers_biases_and_bounds():

@@ -60,15 +60,17 @@ def test_turbo_anchor_draws_jitter_and_mix():
 
 def test_min_snr_gamma_weights():
     s = np.array([0.5, 0.25, 0.1, 0.01, 0.9, 1.0])
-    # SNR = ((1-s)/s)^2: 1, 9, 81, 9801, 1/81, 0 -> min(SNR, 5)/SNR, kept within [0.1, 1]
-    np.testing.assert_allclose(snr_weight(s, 5.0), [1.0, 5 / 9, 0.1, 0.1, 1.0, 1.0])
+    # SNR = ((1-s)/s)^2: 1, 9, 81, 9801, 1/81, 0 -> max(min(SNR, 5)/(SNR + 1), 0.1) (None's v_prediction form)
+    expected = [0.5, 0.5, 0.1, 0.1, 0.1, 0.1]
+    np.testing.assert_allclose(snr_weight(s, 5.0), expected, rtol=1e-6)
+    np.testing.assert_allclose(snr_weight(np.array([0.6]), 5.0), [(4 / 9) / (4 / 9 + 1)], rtol=1e-6)
     sig = torch.tensor(s, dtype=torch.float32)
     plain = loss_weights(_train(timestep_type="weighted"), sig)
     both = loss_weights(_train(timestep_type="weighted", snr_gamma=5.0), sig)
-    torch.testing.assert_close(both, plain * torch.tensor([1.0, 5 / 9, 0.1, 0.1, 1.0, 1.0]))
+    torch.testing.assert_close(both, plain * torch.tensor(expected))
     assert torch.equal(loss_weights(_train(), sig), torch.ones(6))
     table = timestep_table(_train(timestep_type="linear", snr_gamma=5.0))
-    assert table["weight"][table["t"].index(250)] == round(5 / 9, 4)
+    assert table["weight"][table["t"].index(250)] == 0.5
     # ai-toolkit's min_snr_gamma / snr_gamma import to it
     for key in ("snr_gamma", "min_snr_gamma"):
         job = {
@@ -184,7 +186,7 @@ def test_drift_score_of_prompts_without_the_trigger(make_config):
 def test_validation_loss_falls_then_rises_when_two_images_are_over_trained(make_config, tmp_path):
     """builtin:shapes learns the star from two pictures: the held-out stars' loss falls while the LoRA learns what
     a star is, then rises as it learns those two pictures by heart (the training loss keeps falling). Measured
-    (lr 6e-3, rank 8, batch 1): 0.1643 at step 0, 0.1576 at step 45, 0.19 from step 180 on."""
+    (lr 6e-3, rank 8, batch 1, every 15 steps): 0.1643 at step 0, 0.1576 at step 45, 0.18-0.19 from step 180 on."""
     import shutil
 
     from zlora.runfolder import read_metrics
@@ -201,10 +203,10 @@ def test_validation_loss_falls_then_rises_when_two_images_are_over_trained(make_
         {
             "model": {"name_or_path": "builtin:shapes", "dtype": "fp32"},
             "network": {"linear": 8, "linear_alpha": 8},
-            "train": {"steps": 300, "lr": 6e-3, "batch_size": 1},
+            "train": {"steps": 240, "lr": 6e-3, "batch_size": 1},
             "datasets": [{"folder_path": str(train_dir), "cache_latents": True, **ds}],
             "validation": {
-                "every": 15,
+                "every": 30,
                 "datasets": [{"folder_path": str(held_dir), **ds}],
                 "sigmas": [0.5, 0.7, 0.9],
             },

@@ -215,8 +215,8 @@ class TrainConfig(Section):
     """``turbo_anchors``: share of samples drawn uniformly instead of at an anchor."""
     snr_gamma: float | None = Field(None, gt=0)
     """Min-SNR-gamma loss weighting (e.g. 5), on top of the timestep type's: with SNR = ((1 - s) / s)^2 for
-    x_s = (1 - s) x0 + s noise, each sample's loss is weighted by min(SNR, gamma) / SNR, kept within [0.1, 1] (as
-    the None Z-Image trainer does). null: off."""
+    x_s = (1 - s) x0 + s noise, each sample's loss is weighted by max(min(SNR, gamma) / (SNR + 1), 0.1), as the
+    None Z-Image Turbo trainer does (mid noise most: 0.5 at s = 0.5; both ends 0.1). null: off."""
     timestep_shift: float = Field(3.0, gt=0)
     """Shift for ``timestep_type: shift``: s -> shift s / (1 + (shift - 1) s)."""
     timestep_bias: Literal["balanced", "high_noise", "low_noise"] = "balanced"

@@ -57,12 +57,15 @@ def anchors(train) -> np.ndarray:
 
 
 def snr_weight(s, gamma: float | None):
-    """Min-SNR-gamma weight at noise levels ``s`` (numpy or torch): SNR = ((1 - s) / s)^2, weight min(SNR, gamma) /
-    SNR within [0.1, 1]; 1 when ``gamma`` is None."""
+    """Min-SNR-gamma weight at noise levels ``s`` (numpy or torch), as the None Z-Image Turbo trainer computes it
+    (``utils/snr_utils.compute_snr_weights`` with its ``prediction_type="v_prediction"`` and ``snr_floor`` 0.1):
+    SNR = ((1 - s) / s)^2, weight max(min(SNR, gamma) / (SNR + 1), 0.1); 1 when ``gamma`` is None. It weighs
+    mid noise most (0.5 at s = 0.5) and both ends least (the floor). Per sample here; None's trainer multiplies the
+    loss by the batch's mean weight (the same at batch size 1)."""
     if gamma is None:
         return s * 0 + 1
     snr = ((1 - s) / s.clip(1e-6)) ** 2
-    return (gamma / snr.clip(min=gamma)).clip(min=0.1)  # = min(SNR, gamma) / SNR, also at SNR = 0
+    return (snr.clip(max=gamma) / (snr + 1)).clip(min=0.1)
 
 
 def flow_shift(s, shift: float):

@@ -12,7 +12,7 @@ from zlora.config.schema import SCHEDULER_PARAMS, TrainConfig
 from zlora.errors import UserError
 
 
-def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device):
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]):
     opt = OPTIMIZERS[cfg.optimizer]
     try:
         cls = getattr(importlib.import_module(opt.module), opt.cls)

@@ -168,7 +168,7 @@ class Trainer:
     def _build_optimizer(self) -> None:
         """Optimizer, LR schedule, EMA, the data order and the generators: the state a checkpoint holds."""
         cfg = self.cfg
-        optimizer = make_optimizer(cfg.train, self.params, self.device)
+        optimizer = make_optimizer(cfg.train, self.params)
         ema = make_ema(self.params, cfg.train.ema_config.ema_decay) if cfg.train.ema_config.use_ema else None
         generator = torch.Generator(self.device).manual_seed(cfg.train.seed)
         # Caption dropout decides on the host which embedding to use: drawn on the device, that is a sync per step.
