@@ -66,7 +66,7 @@ def test_exact_merge_equals_the_weighted_sum_of_deltas(tmp_path):
     b = _lora(
         2, 8, None, names=[*list(a)[:5], "noise_refiner.0.attention.to_q"]
     )  # other rank, no alpha, extra module
-    merged = merge([(a, 0.7), (b, -0.4)])
+    merged, _ = merge([(a, 0.7), (b, -0.4)])
     assert set(merged) == set(a) | set(b)
     for n, m in merged.items():
         expected = 0.7 * a[n].delta() if n in a else torch.zeros(24, 16)

@@ -251,7 +251,7 @@ def _schema_leaves(model, prefix="") -> set[str]:
 
 def test_every_config_setting_is_on_a_panel_with_a_label():
     from zlora.config.dataset import ValidationConfig
-    from zlora.config.network import LoraNetworkConfig
+    from zlora.config.network import NETWORK_TYPES
     from zlora.config.schema import (
         DatasetConfig,
         EmaConfig,
@@ -271,7 +271,7 @@ def test_every_config_setting_is_on_a_panel_with_a_label():
         ("save", SaveConfig),
         ("train", TrainConfig),
         ("sample", SampleConfig),
-        ("network", LoraNetworkConfig),
+        *(("network", cls) for cls in NETWORK_TYPES.values()),
         ("validation", ValidationConfig),  # its datasets (a list like `datasets`): in the YAML editor
     ]:
         settings |= _schema_leaves(model, f"{section}.")

@@ -38,7 +38,7 @@ def save_image(image: Image.Image, path: Path, fmt: str, settings: dict) -> None
     image.save(path, format=fmt, pnginfo=info)
 
 
-def check_lora_file(path: str, shapes: dict[str, list[int]] | None = None) -> None:
+def check_lora_file(path: str, shapes: dict[str, list[int]] | None = None) -> dict:
     """A LoRA that diffusers would load as nothing (another model's keys: it only warns), that does not fit the
     model (``shapes``: its transformer's weights) or that would turn the image black (NaN/inf weights) is refused
     before the pipeline is built."""
@@ -59,6 +59,7 @@ def check_lora_file(path: str, shapes: dict[str, list[int]] | None = None) -> No
         )
     if shapes is not None:
         check_fits(modules, shapes, f"--lora {path}")
+    return modules
 
 
 def check_size(folder: Path, width: int, height: int, model: str) -> None:
@@ -103,20 +104,24 @@ def load_pipeline(
 
     ref = resolve_model(model)
     shapes = model_shapes(ref.folder) if loras else None
+    read = []
     for path, weight in loras:
-        check_lora_file(path, shapes)
+        read.append(check_lora_file(path, shapes))
         if not math.isfinite(weight):
             raise UserError(f"--lora {path}:{weight}: the weight must be a finite number, e.g. 0.8")
     quiet_libraries()
     pipe = ZImagePipeline.from_pretrained(ref.folder, dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
-    names = []
-    for i, (path, _) in enumerate(loras):
-        p = Path(path).expanduser()
+    names, weights = [], []
+    for i, ((path, weight), modules) in enumerate(zip(loras, read, strict=True)):
+        if any(m.kind != "lora" for m in modules.values()):
+            _merge_in_memory(pipe.transformer, modules, weight)
+            continue
         names.append(f"lora{i}")
-        pipe.load_lora_weights(str(p), adapter_name=names[-1])
+        weights.append(weight)
+        pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name=names[-1])
     if names:
-        pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
+        pipe.set_adapters(names, adapter_weights=weights)
     if blocks_to_swap < 0:
         raise UserError(f"--blocks-to-swap {blocks_to_swap}: must be 0 or more")
     if not blocks_to_swap:
@@ -129,6 +134,15 @@ def load_pipeline(
     for part in (pipe.text_encoder, pipe.vae):
         part.to(device)
     return pipe
+
+
+@torch.no_grad()
+def _merge_in_memory(transformer, modules: dict, weight: float) -> None:
+    """A LoKr / LoHa file (diffusers loads LoRA only): ``weight x delta`` added to the weights in memory, in fp32,
+    as ComfyUI's loader patches them."""
+    for name, m in modules.items():
+        w = transformer.get_submodule(name).weight
+        w.copy_((w.float() + weight * m.delta().to(w.device)).to(w.dtype))
 
 
 def generate_image(

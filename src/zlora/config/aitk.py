@@ -16,6 +16,8 @@ from typing import Any
 
 from zlora.config.aitk_keys import (
     DATASET_NONE,
+    DTYPES,
+    LOKR,
     NONE,
     OFFLOADING,
     OPTIMIZERS,
@@ -27,16 +29,6 @@ from zlora.config.aitk_keys import (
 from zlora.errors import UserError
 
 TRAINER_TYPES = ("diffusion_trainer", "sd_trainer", "ui_trainer")
-_DTYPES = {
-    "float16": "fp16",
-    "fp16": "fp16",
-    "half": "fp16",
-    "bfloat16": "bf16",
-    "bf16": "bf16",
-    "float32": "fp32",
-    "fp32": "fp32",
-    "float": "fp32",
-}
 
 
 def is_aitk(data: Any) -> bool:
@@ -114,7 +106,7 @@ class _Import:
 
     def key(self, path: str, value: Any) -> None:
         self.seen[path] = value
-        if path in OFFLOADING:  # read together at the end (the percentages may come before the switch)
+        if path in OFFLOADING or path in LOKR:  # read at the end (they depend on keys that may come later)
             return
         handler = getattr(self, "_" + path.replace(".", "_"), None)
         if handler is not None:
@@ -138,7 +130,10 @@ class _Import:
 
     # ------------------------------------------------------------------ network
     def _network_type(self, value: Any) -> None:
-        if value in ("lora", "locon"):
+        if value == "lokr":  # its job files train LoKr on the same modules as LoRA
+            self.set("network.preset", "attn_ff_adaln", "network.type: lokr -> network.preset: attn_ff_adaln")
+            self.set("network.type", "lokr")
+        elif value in ("lora", "locon"):
             # ai-toolkit's Z-Image LoRA covers every Linear of the main blocks, the adaLN modulation included.
             self.set(
                 "network.preset",
@@ -194,7 +189,7 @@ class _Import:
         self.set("model.dtype", self._dtype(value, "model.dtype"))
 
     def _dtype(self, value: Any, where: str) -> Any:
-        new = _DTYPES.get(str(value).lower(), value)
+        new = DTYPES.get(str(value).lower(), value)
         if new != value:
             self.notes.append(f"{where}: {value} -> {new}")
         return new
@@ -339,6 +334,11 @@ class _Import:
             self.set("network.linear_alpha", linear, note)
         if "network.type" not in seen and "network" in out:
             self._network_type("lora")
+        for key in (k for k in LOKR if k in seen):
+            lokr = self.get("network.type") == "lokr"
+            self.set(key, seen[key]) if lokr else self.notes.append(
+                f"{key}: only for network.type lokr; ignored"
+            )
         self._optimizer_defaults()
         for path, (value, note) in aitk_offloading(self.seen, self.get("model.low_vram")).items():
             self.set(path, value, note)

@@ -13,6 +13,12 @@ from typing import Any
 
 from zlora.errors import UserError
 
+# LoKr's keys: ai-toolkit's form writes them into every job, LoRA ones too; kept for network.type lokr only
+LOKR = ("network.lokr_full_rank", "network.lokr_factor")
+# ai-toolkit's dtype names -> zlora's
+DTYPES = {"float16": "fp16", "fp16": "fp16", "half": "fp16", "bfloat16": "bf16", "bf16": "bf16", "float32": "fp32",
+          "fp32": "fp32", "float": "fp32"}  # fmt: skip
+
 # ai-toolkit path -> zlora path (None: the same path)
 SAME: dict[str, str | None] = {
     **{f"save.{k}": None for k in ("save_every", "max_step_saves_to_keep")},
@@ -45,8 +51,6 @@ NONE: dict[str, str] = {
     "process.slider": "concept sliders are not trained",
     "network.conv": "no conv layers in Z-Image",
     "network.conv_alpha": "no conv layers in Z-Image",
-    "network.lokr_full_rank": "LoKr is not supported yet",
-    "network.lokr_factor": "LoKr is not supported yet",
     "network.transformer_only": "always",
     "network.normalize": "",
     "network.lorm": "",

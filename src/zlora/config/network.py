@@ -47,8 +47,43 @@ class LoraNetworkConfig(NetworkBase):
     """Target Type: ``lora`` (delta = (alpha / rank) B A on each target Linear)."""
 
 
+class LycorisBase(NetworkBase):
+    """LoKr and LoHa: peft's LyCORIS tuners, which have no input dropout."""
+
+    @model_validator(mode="after")
+    def _no_dropout(self) -> LycorisBase:
+        if self.dropout:
+            raise ValueError(
+                f"`network.dropout` is for network.type lora; peft's {self.type} has none: set 0"
+            )
+        return self
+
+
+class LokrNetworkConfig(LycorisBase):
+    type: Literal["lokr"] = "lokr"  # type: ignore[assignment]
+    """Target Type: ``lokr`` (LoKr: delta = kron(w1, w2), peft's LoKr; ai-toolkit's and LyCORIS's keys)."""
+    lokr_factor: int = Field(-1, ge=-1, le=MAX_RANK)
+    """LoKr Factor (ai-toolkit's ``lokr_factor``): the side of the small Kronecker factor w1 (e.g. 4, 8, 16: w1
+    is factor x factor, w2 the rest); -1 splits each side near its square root. Smaller factors: bigger w2, more
+    capacity."""
+    lokr_full_rank: bool = False
+    """LoKr Full Rank (ai-toolkit's ``lokr_full_rank``): w2 is a whole matrix, not a rank-``linear`` product;
+    trained at scale 1 as LyCORIS does (alpha does not apply)."""
+
+    @model_validator(mode="after")
+    def _factor(self) -> LokrNetworkConfig:
+        if self.lokr_factor in (0, 1):
+            raise ValueError("`network.lokr_factor` must be -1 (near the square root) or at least 2")
+        return self
+
+
+class LohaNetworkConfig(LycorisBase):
+    type: Literal["loha"] = "loha"  # type: ignore[assignment]
+    """Target Type: ``loha`` (LoHa: delta = (alpha / rank) (w1_a w1_b) * (w2_a w2_b), peft's LoHa)."""
+
+
 # network.type -> its config class: the config of `network` is chosen by its `type` (default lora).
-NETWORK_TYPES = {"lora": LoraNetworkConfig}
+NETWORK_TYPES = {"lora": LoraNetworkConfig, "lokr": LokrNetworkConfig, "loha": LohaNetworkConfig}
 
 
 def _network_type(value) -> str:

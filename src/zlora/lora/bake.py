@@ -58,9 +58,9 @@ def check_fits(
         )
     for name, m in modules.items():
         shape = shapes[f"{name}.weight"]
-        if [m.B.shape[0], m.A.shape[1]] != shape:
+        if list(m.shape) != shape:
             raise UserError(
-                f"{source}: {name}.weight: the LoRA delta is {m.B.shape[0]}x{m.A.shape[1]}, the "
+                f"{source}: {name}.weight: the LoRA delta is {m.shape[0]}x{m.shape[1]}, the "
                 f"model's weight is {shape[0]}x{shape[1]}: a LoRA for another size of model"
             )
 

@@ -27,7 +27,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from zlora.errors import UserError
-from zlora.lora.modules import LoraModule
+from zlora.lora.modules import LYCORIS_SUFFIXES, AnyModule, LoraModule, read_lycoris
 from zlora.lora.qkv import fuse, unfuse
 from zlora.vocab import ZIMAGE_MODULE
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI's parser 
 # `.alpha` tensors: they send diffusers down its non-diffusers converter, which then fails to find the modules.
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 _KINDS = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_down.weight": "A", ".lora_up.weight": "B",
-          ".alpha": "alpha"}  # fmt: skip
+          ".alpha": "alpha", **{f".{s}": s for s in LYCORIS_SUFFIXES}}  # fmt: skip
 SUFFIXES = tuple(_KINDS)
 _PREFIXES = ("lora_unet_", "diffusion_model.", "transformer.", "base_model.model.")
 _FOREIGN = [
@@ -64,7 +64,8 @@ def split_key(key: str) -> tuple[str, str]:
         if key.endswith(suffix):
             return key[: -len(suffix)], kind
     raise UserError(
-        f"unexpected LoRA key {key}; expected .lora_A/.lora_B/.lora_down/.lora_up weights and .alpha"
+        f"unexpected LoRA key {key}; expected .lora_A/.lora_B/.lora_down/.lora_up weights (LoRA), .lokr_w1/w2 "
+        "(LoKr), .hada_w1_a/... (LoHa) and .alpha"
     )
 
 
@@ -120,7 +121,15 @@ class Codec:
         modules = {m: _module(m, p, fallback) for m, p in parts.items()}
         return unfuse(modules) if self.fused else modules
 
-    def prepare(self, modules: dict[str, LoraModule]) -> dict[str, LoraModule]:
+    def prepare(self, modules: dict[str, AnyModule]) -> dict[str, AnyModule]:
+        if self.fused:
+            qkv = [n for n, m in modules.items() if m.kind != "lora" and n.endswith(("to_q", "to_k", "to_v"))]
+            if qkv:
+                raise UserError(
+                    f"{modules[qkv[0]].kind} modules on q/k/v ({qkv[0]}, ...) cannot be fused into ComfyUI's "
+                    "attention.qkv; write --to zlora (ComfyUI's LoRA loader reads it), or make a LoRA first "
+                    "(zlora lora resize --rank N)"
+                )
         return fuse(modules) if self.fused else modules
 
     def metadata(self, modules: dict[str, LoraModule]) -> dict[str, str]:
@@ -137,7 +146,10 @@ class Codec:
         out: dict[str, torch.Tensor] = {}
         for module, m in self.prepare(modules).items():
             base = self.key_base(module)
-            out[base + a], out[base + b] = m.A.contiguous(), m.B.contiguous()
+            if m.kind == "lora":
+                out[base + a], out[base + b] = m.A.contiguous(), m.B.contiguous()
+            else:  # LoKr / LoHa: LyCORIS's key names, which ComfyUI's loader reads
+                out.update({f"{base}.{suffix}": t.contiguous() for suffix, t in m.tensors().items()})
             if m.alpha is not None and self.writes_alpha:
                 out[base + ".alpha"] = torch.tensor(m.alpha)
         return out, meta
@@ -173,7 +185,13 @@ class Diffusers(Codec):
             stem = stem.removeprefix(prefix)
         return stem
 
-    def prepare(self, modules: dict[str, LoraModule]) -> dict[str, LoraModule]:
+    def prepare(self, modules: dict[str, AnyModule]) -> dict[str, LoraModule]:
+        other = next((m.kind for m in modules.values() if m.kind != "lora"), None)
+        if other:
+            raise UserError(
+                f"diffusers loads only LoRA files for Z-Image, not {other}; write --to zlora (ComfyUI) or make a "
+                "LoRA first (zlora lora resize --rank N)"
+            )
         return {n: m.folded() for n, m in modules.items()}
 
     def metadata(self, modules: dict[str, LoraModule]) -> dict[str, str]:
@@ -315,7 +333,9 @@ def write_modules(modules: dict[str, LoraModule], fmt: str) -> dict[str, torch.T
     return encode(modules, fmt)[0]
 
 
-def _module(name: str, p: dict[str, torch.Tensor], alpha_of) -> LoraModule:
+def _module(name: str, p: dict[str, torch.Tensor], alpha_of) -> AnyModule:
+    if any(k in LYCORIS_SUFFIXES for k in p):
+        return read_lycoris(name, p, alpha_of)
     if "A" not in p or "B" not in p:
         raise UserError(f"module {name} has {'no lora_A/down' if 'A' not in p else 'no lora_B/up'} weight")
     if p["A"].ndim != 2 or p["B"].ndim != 2:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from zlora.errors import UserError
-from zlora.lora.modules import LoraModule
+from zlora.lora.modules import AnyModule, LoraModule
 from zlora.vocab import MAIN_BLOCKS, SCALE_GROUPS, split_block
 
 COMPONENTS = {option: modules for option, (modules, _) in SCALE_GROUPS.items()}  # option -> module suffixes
@@ -98,26 +98,60 @@ def scale(modules: dict[str, LoraModule], mult: Multipliers) -> dict[str, LoraMo
     return {name: m.scaled(mult.for_module(name)) for name, m in modules.items()}
 
 
-def merge(inputs: list[tuple[dict[str, LoraModule], float]]) -> dict[str, LoraModule]:
-    """Exact merge: ranks concatenated, each input's weight and alpha/rank folded into its B (alpha = new rank)."""
+def merge(
+    inputs: list[tuple[dict[str, AnyModule], float]], rank: int | None = None
+) -> tuple[dict[str, LoraModule], dict[str, float]]:
+    """LoRA parts: an exact merge (ranks concatenated, each input's weight and alpha/rank folded into its B, alpha
+    = new rank), then with ``rank`` an SVD down to it. A module with a LoKr or LoHa part: the SVD of the weighted
+    sum of the full deltas at ``rank`` (needed then). Returns the modules and the kept energy of each SVD."""
     names = sorted({n for mods, _ in inputs for n in mods})
-    out = {}
+    out, kept = {}, {}
     for name in names:
         parts = [(mods[name], w) for mods, w in inputs if name in mods]
-        shapes = {(m.B.shape[0], m.A.shape[1]) for m, _ in parts}
+        shapes = {tuple(m.shape) for m, _ in parts}
         if len(shapes) > 1:
             raise UserError(f"cannot merge {name}: shapes differ between inputs ({sorted(shapes)})")
-        A = torch.cat([m.A.float() for m, _ in parts], dim=0)
-        B = torch.cat([m.B.float() * (w * m.scale) for m, w in parts], dim=1)
-        out[name] = LoraModule(A, B, float(A.shape[0]))
-    return out
+        if all(m.kind == "lora" for m, _ in parts):
+            A = torch.cat([m.A.float() for m, _ in parts], dim=0)
+            B = torch.cat([m.B.float() * (w * m.scale) for m, w in parts], dim=1)
+            out[name] = LoraModule(A, B, float(A.shape[0]))
+            continue
+        if rank is None:
+            kind = next(m.kind for m, _ in parts if m.kind != "lora")
+            raise UserError(
+                f"{name} is a {kind} module: a merge makes a LoRA of it through the SVD of the full delta; "
+                "choose its rank with --rank N"
+            )
+        out[name], kept[name] = svd_lora(sum(w * m.delta().double() for m, w in parts), rank)
+    if rank is not None:
+        lora_only = {n: m for n, m in out.items() if n not in kept}
+        reduced, lora_kept = reduce_rank(lora_only, rank)
+        out.update(reduced)
+        kept.update(lora_kept)
+    return out, kept
 
 
-def reduce_rank(modules: dict[str, LoraModule], rank: int) -> tuple[dict[str, LoraModule], dict[str, float]]:
-    """Best rank-``rank`` approximation of each delta; returns the modules and the kept energy (sum of kept
-    squared singular values over the total) per module."""
+def svd_lora(delta: torch.Tensor, rank: int, dtype: torch.dtype = torch.float32) -> tuple[LoraModule, float]:
+    """The best rank-``rank`` LoRA of a full delta (out, in) and the share of its energy it keeps."""
+    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    total = float((s**2).sum())
+    r = min(rank, s.numel())
+    root = s[:r].sqrt()
+    B, A = u[:, :r] * root, root[:, None] * vh[:r]
+    return LoraModule(A.to(dtype), B.to(dtype), float(r)), float(
+        (s[:r] ** 2).sum()
+    ) / total if total > 0 else 1.0
+
+
+def reduce_rank(modules: dict[str, AnyModule], rank: int) -> tuple[dict[str, LoraModule], dict[str, float]]:
+    """Best rank-``rank`` approximation of each delta (a LoKr / LoHa module: of its full delta); returns the
+    modules and the kept energy (sum of kept squared singular values over the total) per module."""
     out, kept = {}, {}
     for name, m in modules.items():
+        if m.kind != "lora":
+            dtype = next(iter(m.tensors().values())).dtype
+            out[name], kept[name] = svd_lora(m.delta(), rank, dtype)
+            continue
         B = m.B.double() * m.scale  # (out, k)
         A = m.A.double()  # (k, in)
         qb, rb = torch.linalg.qr(B)  # B = qb rb

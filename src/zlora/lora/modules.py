@@ -1,11 +1,17 @@
 """The canonical form every LoRA tool works on: ``{module: LoraModule(A, B, alpha)}`` with the transformer's own
 module names (``layers.0.attention.to_q``), ``A`` (rank, in), ``B`` (out, rank) and ``alpha`` (None: not stored,
-which every loader reads as alpha = rank). The codecs (``codecs.py``) read and write files into and from it."""
+which every loader reads as alpha = rank). The codecs (``codecs.py``) read and write files into and from it.
+LoKr and LoHa modules (``LokrModule``, ``LohaModule``) have the same face for the tools: ``kind``, ``rank``,
+``shape`` (out, in), ``delta()`` as ComfyUI computes it, ``delta_norm()``, ``scaled(f)`` (exact) and
+``is_finite()``; tools that need a LoRA (resize, merge) take the SVD of their full delta."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from zlora.errors import UserError
 
 if TYPE_CHECKING:  # only tensor methods below: the codec table imports this without torch (fast CLI start-up)
     import torch
@@ -22,6 +28,11 @@ class LoraModule:
     A: torch.Tensor  # (rank, in)
     B: torch.Tensor  # (out, rank)
     alpha: float | None = None
+    kind = "lora"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.B.shape[0], self.A.shape[1]
 
     @property
     def rank(self) -> int:
@@ -59,3 +70,160 @@ class LoraModule:
 
     def is_finite(self) -> bool:
         return bool(self.A.isfinite().all() and self.B.isfinite().all())
+
+
+def _product(full, a, b):
+    return full.float() if full is not None else a.float() @ b.float()
+
+
+@dataclass
+class LokrModule:
+    """LoKr (LyCORIS, peft ``LoKrConfig``, ComfyUI ``lokr.py``): delta = scale * kron(w1, w2), each factor stored
+    whole (``w1``, (a, c)) or as a product (``w1_a @ w1_b``). The scale is ComfyUI's: alpha / (the rank of the
+    decomposed factor) when a factor is decomposed and alpha is stored, else 1 (LyCORIS trains full-rank LoKr at
+    scale 1)."""
+
+    w1: torch.Tensor | None = None
+    w2: torch.Tensor | None = None
+    w1_a: torch.Tensor | None = None
+    w1_b: torch.Tensor | None = None
+    w2_a: torch.Tensor | None = None
+    w2_b: torch.Tensor | None = None
+    alpha: float | None = None
+    kind = "lokr"
+    TENSORS = ("w1", "w2", "w1_a", "w1_b", "w2_a", "w2_b")
+
+    @property
+    def rank(self) -> int:
+        """The rank of the decomposed factor (ComfyUI's ``dim``: w2's when both are), 0 when both are whole."""
+        if self.w2 is None:
+            return self.w2_b.shape[0]
+        return self.w1_b.shape[0] if self.w1 is None else 0
+
+    @property
+    def factor(self) -> int:
+        """w1's shape: the Kronecker factor (``lokr_factor``): w1 is (factor x factor) when it divides both sides."""
+        return self.w1.shape[0] if self.w1 is not None else self.w1_a.shape[0]
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank if self.alpha is not None and self.rank else 1.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        w1, w2 = self.factors()
+        return w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _product(self.w1, self.w1_a, self.w1_b), _product(self.w2, self.w2_a, self.w2_b)
+
+    def delta(self) -> torch.Tensor:
+        import torch
+
+        w1, w2 = self.factors()
+        return self.scale * torch.kron(w1, w2)
+
+    def delta_norm(self) -> float:
+        """||kron(w1, w2)||_F = ||w1||_F ||w2||_F: no (out x in) product needed."""
+        w1, w2 = self.factors()
+        return abs(self.scale) * float(w1.double().norm() * w2.double().norm())
+
+    def scaled(self, factor: float) -> LokrModule:
+        """The delta times ``factor``: w1 (or w1_a) scaled, the rest as it is."""
+        if factor == 1.0:
+            return self
+        name = "w1" if self.w1 is not None else "w1_a"
+        t = getattr(self, name)
+        return dataclasses.replace(self, **{name: (t.float() * factor).to(t.dtype)})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The stored tensors by their LyCORIS key suffix (``lokr_w1``, ...)."""
+        return {f"lokr_{n}": getattr(self, n) for n in self.TENSORS if getattr(self, n) is not None}
+
+    def is_finite(self) -> bool:
+        return all(t.isfinite().all() for t in self.tensors().values())
+
+
+@dataclass
+class LohaModule:
+    """LoHa (LyCORIS, peft ``LoHaConfig``, ComfyUI ``loha.py``): delta = (alpha / rank) (w1_a @ w1_b) * (w2_a @
+    w2_b), the Hadamard (element-wise) product of two rank-r products: rank up to r^2 for the parameters of 2r."""
+
+    w1_a: torch.Tensor  # (out, r)
+    w1_b: torch.Tensor  # (r, in)
+    w2_a: torch.Tensor
+    w2_b: torch.Tensor
+    alpha: float | None = None
+    kind = "loha"
+
+    @property
+    def rank(self) -> int:
+        return self.w1_b.shape[0]
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank if self.alpha is not None else 1.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.w1_a.shape[0], self.w1_b.shape[1]
+
+    def delta(self) -> torch.Tensor:
+        return self.scale * (self.w1_a.float() @ self.w1_b.float()) * (self.w2_a.float() @ self.w2_b.float())
+
+    def delta_norm(self) -> float:
+        return float(self.delta().double().norm())
+
+    def scaled(self, factor: float) -> LohaModule:
+        if factor == 1.0:
+            return self
+        return dataclasses.replace(self, w1_a=(self.w1_a.float() * factor).to(self.w1_a.dtype))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"hada_{n}": getattr(self, n) for n in ("w1_a", "w1_b", "w2_a", "w2_b")}
+
+    def is_finite(self) -> bool:
+        return all(t.isfinite().all() for t in self.tensors().values())
+
+
+AnyModule = LoraModule | LokrModule | LohaModule
+# The key suffixes of each type's tensors in a file (after ``<module>.``), for the codecs.
+LYCORIS_SUFFIXES = {
+    **{f"lokr_{n}": ("lokr", n) for n in LokrModule.TENSORS},
+    **{f"hada_{n}": ("loha", n) for n in ("w1_a", "w1_b", "w2_a", "w2_b")},
+}
+
+
+def _complete(kind: str, parts: dict) -> bool:
+    """LoKr: each factor whole or both halves of its product; LoHa: all four matrices."""
+    if kind == "lokr":
+        return all(w in parts or {f"{w}_a", f"{w}_b"} <= parts.keys() for w in ("w1", "w2"))
+    return {"w1_a", "w1_b", "w2_a", "w2_b"} <= parts.keys()
+
+
+def read_lycoris(name: str, p: dict, alpha_of) -> LokrModule | LohaModule:
+    """A module's tensors by key kind (``lokr_w1``, ``hada_w1_a``, ``alpha``, ...) -> its LoKr / LoHa module; a
+    damaged module (mixed types, missing or misfitting factors) is named."""
+    found = {LYCORIS_SUFFIXES[k] for k in p if k in LYCORIS_SUFFIXES}
+    kinds = {k for k, _ in found}
+    if len(kinds) > 1 or any(k in p for k in ("A", "B")):
+        raise UserError(f"module {name} mixes LoRA, LoKr and LoHa tensors; the file is damaged")
+    (kind,) = kinds
+    parts = {n: p[f"{'lokr' if kind == 'lokr' else 'hada'}_{n}"] for _, n in found}
+    if not _complete(kind, parts):
+        raise UserError(
+            f"module {name}: its {kind} tensors are incomplete ({', '.join(sorted(parts))}); the file is damaged"
+        )
+    if any(t.ndim != 2 for t in parts.values()):
+        raise UserError(
+            f"module {name}: {kind} weights must be 2-D matrices (convolution {kind} is not supported)"
+        )
+    alpha = float(p["alpha"]) if "alpha" in p else alpha_of(name)
+    module = (LokrModule if kind == "lokr" else LohaModule)(**parts, alpha=alpha)
+    try:
+        module.delta_norm()
+    except RuntimeError as e:
+        raise UserError(
+            f"module {name}: its {kind} factors do not fit together ({e}); the file is damaged"
+        ) from None
+    return module

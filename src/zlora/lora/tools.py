@@ -40,26 +40,35 @@ def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
     fmt = detect_format(list(tensors), allow_foreign)
     modules = read_modules(tensors, fmt, meta)
     ranks = sorted({m.rank for m in modules.values()})
+    kinds = sorted({m.kind for m in modules.values()})
     alphas = sorted({m.alpha for m in modules.values() if m.alpha is not None})
     no_alpha = sum(m.alpha is None for m in modules.values())
     scales = sorted({m.scale for m in modules.values()})
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     lines = [
         f"file:     {path}",
-        f"format:   {fmt}" + (" (ai-toolkit style: no .alpha keys)" if fmt == "zlora" and no_alpha else ""),
+        f"format:   {fmt}"
+        + (
+            " (ai-toolkit style: no .alpha keys)" if fmt == "zlora" and no_alpha and kinds == ["lora"] else ""
+        ),
+        f"type:     {', '.join(k if k == 'lora' else TYPE_WORDS[k] for k in kinds)}",
         f"modules:  {len(modules)}",
-        f"rank:     {', '.join(map(str, ranks))}",
+        f"rank:     {', '.join(map(str, ranks))}" + _rank_note(modules),
         "alpha:    "
         + (", ".join(f"{a:g}" for a in alphas) if alphas else "")
         + (
-            f"{'; ' if alphas else ''}not stored for {no_alpha} modules: loaders use alpha = rank"
+            f"{'; ' if alphas else ''}not stored for {no_alpha} modules: loaders use scale 1 (alpha = rank)"
             if no_alpha
             else ""
         ),
         "scale:    "
         + ", ".join(f"{x:g}" for x in scales)
-        + " (alpha/rank: the delta is scale x B A; a loader "
-        "that reads tensors only uses the .alpha keys, else scale 1)",
+        + (
+            " (alpha/rank: the delta is scale x B A; a loader that reads tensors only uses the .alpha keys, else "
+            "scale 1)"
+            if kinds == ["lora"]
+            else " (as ComfyUI applies it: alpha/rank; LoKr with both factors whole: 1)"
+        ),
         f"dtype:    {', '.join(sorted({str(t.dtype).removeprefix('torch.') for t in tensors.values()}))}",
     ]
     if bad:
@@ -82,6 +91,22 @@ def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
     if other:
         lines.append(f"other modules: {', '.join(other)}")
     return "\n".join(lines)
+
+
+TYPE_WORDS = {"lokr": "lokr (LoKr: kron(w1, w2))", "loha": "loha (LoHa: (w1_a w1_b) * (w2_a w2_b))"}
+
+
+def _rank_note(modules) -> str:
+    lokr = [m for m in modules.values() if m.kind == "lokr"]
+    if not lokr:
+        return ""
+    factors = sorted({f"{m.factors()[0].shape[0]}x{m.factors()[0].shape[1]}" for m in lokr})
+    whole = sum(m.rank == 0 for m in lokr)
+    return (
+        f" (LoKr w1 {', '.join(factors)}"
+        + (f"; both factors whole in {whole} modules: rank 0" if whole else "")
+        + ")"
+    )
 
 
 def convert_lora(src: str | Path, dst: str | Path, fmt: str, overwrite: bool = False) -> str:
@@ -151,10 +176,7 @@ def merge_loras(
     for ((modules, _, _), m, _), (path, _) in zip(read, inputs, strict=True):
         check_multipliers(modules, m, path)
         _check_finite(modules, path)
-    merged = merge([(scale(modules, m), weight) for (modules, _, _), m, weight in read])
-    kept: dict[str, float] = {}
-    if rank is not None:
-        merged, kept = reduce_rank(merged, rank)
+    merged, kept = merge([(scale(modules, m), weight) for (modules, _, _), m, weight in read], rank)
     meta = {"merged_from": json.dumps([[str(p), w] for p, w in inputs]), "rank": str(rank or "concatenated")}
     write_lora(
         {n: LoraModule(m.A.contiguous(), m.B.contiguous(), m.alpha) for n, m in merged.items()},
@@ -182,13 +204,19 @@ def resize_lora(
     modules, fmt, meta = read_lora_modules(src, allow_foreign)
     _check_finite(modules, src)
     have = max(m.rank for m in modules.values())
-    if rank >= have:
+    if rank >= have and all(m.kind == "lora" for m in modules.values()):
         raise UserError(
             f"--rank {rank}: {src} is already rank {have} or less; a resize only lowers the rank "
             "(merge or extract make higher ranks)"
         )
     resized, kept = reduce_rank(modules, rank)
-    write_lora(resized, dst, fmt, {**meta, "rank": str(rank)})
+    types = {m.kind for m in modules.values()}
+    meta = {
+        **meta,
+        "rank": str(rank),
+        **({"type": "lora", "resized_from": "/".join(sorted(types))} if types != {"lora"} else {}),
+    }
+    write_lora(resized, dst, fmt, meta)
     return kept
 
 

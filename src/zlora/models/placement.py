@@ -65,8 +65,8 @@ def main_blocks(transformer: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def _is_lora(name: str) -> bool:
-    """A peft adapter module (lora_A / lora_B / lora_magnitude_vector ...): trained or tiny, always resident."""
-    return any(part.startswith("lora_") for part in name.split("."))
+    """A peft adapter module (LoRA's lora_A / lora_B, LoKr's lokr_*, LoHa's hada_*): trained or tiny, always resident."""
+    return any(part.startswith(("lora_", "lokr_", "hada_")) for part in name.split("."))
 
 
 @dataclass

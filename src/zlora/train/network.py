@@ -10,7 +10,7 @@ import torch
 
 from zlora.config.network import NetworkConfig
 from zlora.errors import UserError
-from zlora.lora.modules import LoraModule
+from zlora.lora.modules import AnyModule, LohaModule, LokrModule, LoraModule
 from zlora.train.adapter import USER, adapter_params
 from zlora.vocab import target_pattern
 
@@ -95,7 +95,88 @@ def _copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().clone().to("cpu", dtype)
 
 
-NETWORKS = {"lora": LoraNetwork}
+class LycorisNetwork(LoraNetwork):
+    """peft's LoKr / LoHa (its ``LoKrConfig`` / ``LoHaConfig``, from LyCORIS); exported with LyCORIS's tensor names,
+    at the scale ComfyUI applies to them (``lora.modules.LokrModule`` / ``LohaModule``)."""
+
+    prefix = ""
+
+    def peft_config(self, names: list[str], transformer: torch.nn.Module):
+        raise NotImplementedError
+
+    def add(self, transformer: torch.nn.Module, seed: int) -> None:
+        names = target_module_names(transformer, self.cfg)
+        torch.manual_seed(seed)
+        transformer.add_adapter(self.peft_config(names, transformer), adapter_name=USER)
+        for p in transformer.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    def export(self, params: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, AnyModule]:
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        for name, value in params.items():
+            module, tensor, _adapter = name.rsplit(".", 2)
+            parts.setdefault(module, {})[tensor.removeprefix(self.prefix)] = value.detach().float()
+        return {m: self.module(m, p, dtype) for m, p in parts.items()}
+
+    def describe(self) -> dict[str, str]:
+        return {"type": self.cfg.type, **super().describe()}
+
+
+class LokrNetwork(LycorisNetwork):
+    """LoKr: ``lokr_factor`` is peft's ``decompose_factor``; ``lokr_full_rank`` gives each module a rank of at
+    least half its w2's larger side (peft then keeps w2 whole) and alpha = that rank (scale 1, as LyCORIS)."""
+
+    prefix = "lokr_"
+
+    def peft_config(self, names, transformer):
+        from peft import LoKrConfig
+        from peft.tuners.lokr.layer import factorization
+
+        net = self.cfg
+        full: dict[str, int] = {}
+        if net.lokr_full_rank:
+            for n in names:
+                m = transformer.get_submodule(n)
+                out2 = factorization(m.out_features, net.lokr_factor)[1]
+                in2 = factorization(m.in_features, net.lokr_factor)[1]
+                full[n] = max(out2, in2)
+        return LoKrConfig(
+            r=net.linear,
+            alpha=net.linear_alpha,
+            decompose_factor=net.lokr_factor,
+            target_modules=names,
+            rank_pattern={rf"^{re.escape(n)}$": r for n, r in full.items()},
+            alpha_pattern={rf"^{re.escape(n)}$": float(r) for n, r in full.items()},
+        )
+
+    def module(self, name: str, p: dict[str, torch.Tensor], dtype: torch.dtype) -> LokrModule:
+        """peft scales kron(w1, w2) by alpha / r always; ComfyUI by alpha / rank only when a factor is a product
+        (else 1): with both factors whole, the scale goes into w1 and no alpha is written."""
+        net = self.cfg
+        scale = 1.0 if net.lokr_full_rank else net.linear_alpha / net.linear  # what peft multiplies by
+        decomposed = "w1" not in p or "w2" not in p  # (never with lokr_full_rank)
+        if not decomposed:
+            p = {**p, "w1": p["w1"] * scale}
+        return LokrModule(
+            **{k: _copy(v, dtype) for k, v in p.items()},
+            alpha=float(net.linear_alpha) if decomposed else None,
+        )
+
+
+class LohaNetwork(LycorisNetwork):
+    prefix = "hada_"
+
+    def peft_config(self, names, transformer):
+        from peft import LoHaConfig
+
+        return LoHaConfig(r=self.cfg.linear, alpha=self.cfg.linear_alpha, target_modules=names)
+
+    def module(self, name: str, p: dict[str, torch.Tensor], dtype: torch.dtype) -> LohaModule:
+        return LohaModule(**{k: _copy(v, dtype) for k, v in p.items()}, alpha=float(self.cfg.linear_alpha))
+
+
+NETWORKS = {"lora": LoraNetwork, "lokr": LokrNetwork, "loha": LohaNetwork}
 
 
 def make_network(cfg: NetworkConfig) -> LoraNetwork:

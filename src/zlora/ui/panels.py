@@ -55,6 +55,8 @@ PANELS = [
             "network.type": "Target Type",
             "network.linear": "Linear Rank",
             "network.linear_alpha": "Linear Alpha",
+            "network.lokr_factor": "LoKr Factor (LoKr only)",
+            "network.lokr_full_rank": "LoKr Full Rank (LoKr only)",
         },
         {
             "network.preset": "Target Modules Preset",
@@ -189,7 +191,7 @@ OPTION_LABELS = {
     "save.dtype": _DTYPES,
     "model.qtype": _QTYPES,
     "model.qtype_te": _QTYPES,
-    "network.type": {"lora": "LoRA"},
+    "network.type": {"lora": "LoRA", "lokr": "LoKr", "loha": "LoHa"},
     "network.preset": {
         "attn": "Attention",
         "attn_ff": "Attention + Feed-forward",

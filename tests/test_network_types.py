@@ -1,0 +1,258 @@
+"""network.type lokr / loha (issue 25, item 1-2): peft's LoKr and LoHa train on the tiny model, resume bit-identically,
+save with LyCORIS's keys at the scale ComfyUI applies, and every LoRA tool takes them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from zlora.config.aitk import import_aitk
+from zlora.errors import UserError
+from zlora.lora.codecs import read_modules
+from zlora.lora.file import read_lora
+from zlora.runfolder import read_metrics
+from zlora.train.adapter import USER
+from zlora.train.trainer import Trainer
+
+TYPES = {
+    "lokr": {"type": "lokr", "linear": 2, "linear_alpha": 4},  # tiny: 64 = 8 x 8, w2 whole (peft: r >= 8/2)
+    "lokr_factor4": {"type": "lokr", "linear": 2, "linear_alpha": 3, "lokr_factor": 4},  # w2 (16x16) = a @ b
+    "lokr_full": {"type": "lokr", "linear": 2, "linear_alpha": 3, "lokr_factor": 4, "lokr_full_rank": True},
+    "loha": {"type": "loha", "linear": 4, "linear_alpha": 2},
+}
+
+
+def _trainer(make_config, net: dict, name: str, steps: int = 12, **extra) -> Trainer:
+    cfg = make_config({"network": net, "job": {"name": name}, "train": {"steps": steps, "lr": 1e-2}, **extra})
+    t = Trainer(cfg)
+    t.setup()
+    return t
+
+
+def comfy_delta(tensors: dict[str, torch.Tensor], base: str) -> torch.Tensor:
+    """A module's delta from the file's tensors alone, as ComfyUI's ``weight_adapter/lokr.py`` and ``loha.py``
+    compute it (``calculate_weight`` at strength 1)."""
+    t = {k.removeprefix(base + "."): v.float() for k, v in tensors.items() if k.startswith(base + ".")}
+    alpha = t["alpha"].item() if "alpha" in t else None
+    if "hada_w1_a" in t:
+        scale = alpha / t["hada_w1_b"].shape[0] if alpha is not None else 1.0
+        return scale * (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
+    dim = None
+    if "lokr_w1" in t:
+        w1 = t["lokr_w1"]
+    else:
+        dim, w1 = t["lokr_w1_b"].shape[0], t["lokr_w1_a"] @ t["lokr_w1_b"]
+    if "lokr_w2" in t:
+        w2 = t["lokr_w2"]
+    else:
+        dim, w2 = t["lokr_w2_b"].shape[0], t["lokr_w2_a"] @ t["lokr_w2_b"]
+    scale = alpha / dim if alpha is not None and dim is not None else 1.0
+    return scale * torch.kron(w1, w2)
+
+
+@pytest.mark.parametrize("kind", list(TYPES))
+def test_each_network_type_trains_resumes_exactly_and_saves_the_delta_comfyui_applies(make_config, kind):
+    net = TYPES[kind]
+    whole = _trainer(make_config, net, "whole")
+    assert whole.lora_params and all(f".{USER}" in n for n in whole.lora_params)
+    prefix = "lokr_" if net["type"] == "lokr" else "hada_"
+    assert all(n.rsplit(".", 2)[1].startswith(prefix) for n in whole.lora_params)
+    whole.train()
+    whole.save()
+    losses = [r["loss"] for r in read_metrics(whole.run.metrics) if "loss" in r]
+    assert sum(losses[-4:]) < sum(losses[:4]), losses  # it learns
+
+    # the saved file: LyCORIS keys; each module's delta, computed from its tensors as ComfyUI does, is the trained one
+    tensors, meta = read_lora(whole.run.final_lora)
+    assert meta["type"] == net["type"]
+    modules = {n.rsplit(".", 2)[0] for n in whole.lora_params}
+    for name in modules:
+        layer = whole.transformer.get_submodule(name)
+        trained = layer.get_delta_weight(USER).detach().float()
+        torch.testing.assert_close(
+            comfy_delta(tensors, f"diffusion_model.{name}"), trained, rtol=1e-5, atol=1e-7
+        )
+    if kind == "lokr_full":
+        assert not any(k.endswith((".alpha", "_a", "_b")) for k in tensors)  # whole factors, scale 1
+    if kind == "lokr_factor4":
+        assert any(k.endswith(".lokr_w2_a") for k in tensors) and any(k.endswith(".alpha") for k in tensors)
+
+    after = {k: v.detach().clone() for k, v in whole.lora_params.items()}
+    first = _trainer(make_config, net, "split")
+    for _ in range(6):
+        first.step_once()
+        first.step += 1
+    first.save_checkpoint()
+    first.cleanup()
+    second = _trainer(make_config, net, "split")
+    assert second.step == 6
+    second.train()
+    for k, v in second.lora_params.items():
+        assert torch.equal(v, after[k]), (kind, k)
+
+
+@pytest.fixture(scope="module")
+def adapter_file(tmp_path_factory, tiny_dir) -> str:
+    from zlora.models.load import load_components
+
+    transformer = load_components(tiny_dir, torch.float32).transformer
+    g = torch.Generator().manual_seed(5)
+    sd = {}
+    for name, mod in transformer.named_modules():
+        if name.endswith(("attention.to_q", "feed_forward.w1")):
+            sd[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(4, mod.in_features, generator=g) * 0.2
+            sd[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(mod.out_features, 4, generator=g) * 0.2
+    path = tmp_path_factory.mktemp("adapter") / "adapter.safetensors"
+    save_file(sd, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_lokr_and_loha_train_beside_the_turbo_adapter_with_ema_on_float8_weights(
+    make_config, kind, adapter_file
+):
+    t = _trainer(
+        make_config,
+        TYPES[kind],
+        "with_adapter",
+        steps=4,
+        model={"name_or_path": "builtin:tiny", "assistant_lora_path": adapter_file, "quantize": True},
+        train={"steps": 4, "lr": 1e-2, "ema_config": {"use_ema": True}},
+    )
+    t.train()
+    t.save()
+    tensors, _ = read_lora(t.run.final_lora)
+    assert not any("assistant" in k or ".lora_A." in k for k in tensors)  # the adapter is never saved
+    assert all(torch.isfinite(v).all() for v in tensors.values())
+    assert any(k.endswith("lokr_w1" if kind == "lokr" else "hada_w1_a") for k in tensors)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dir, dataset_dir) -> dict:
+    """One trained file of each type (12 steps on the tiny model)."""
+    import copy
+
+    from conftest import BASE_CONFIG
+    from zlora.config import parse_config
+
+    out = {}
+    for kind in ("lokr", "lokr_factor4", "loha"):
+        data = copy.deepcopy(BASE_CONFIG)
+        data["job"]["output_dir"] = str(tmp_path_factory.mktemp(kind))
+        data["datasets"][0]["folder_path"] = str(dataset_dir)
+        data["network"] = TYPES[kind]
+        data["train"].update(steps=12, lr=1e-2)
+        t = Trainer(parse_config(data))
+        t.setup()
+        t.train()
+        t.save()
+        out[kind] = t.run.final_lora
+    return out
+
+
+def _modules(path):
+    tensors, meta = read_lora(path)
+    return read_modules(tensors, metadata=meta)
+
+
+@pytest.mark.parametrize("kind", ["lokr", "lokr_factor4", "loha"])
+def test_lora_tools_take_each_type(trained, kind, tmp_path, tiny_dir):
+    from zlora.lora.edit import Multipliers
+    from zlora.lora.tools import (
+        bake_loras,
+        convert_lora,
+        inspect_lora,
+        merge_loras,
+        resize_lora,
+        scale_lora,
+    )
+
+    src = trained[kind]
+    modules = _modules(src)
+    word = TYPES[kind]["type"]
+    text = inspect_lora(src)
+    assert f"type:     {word}" in text and "delta Frobenius norm per block x component" in text
+    some = next(n for n in modules if n.endswith("attention.to_q"))
+    assert f"{modules[some].delta_norm():.4f}" in text
+
+    # scale: exact per component
+    scale_lora(src, tmp_path / "s.safetensors", Multipliers(components={"qk": 0.5}))
+    scaled = _modules(tmp_path / "s.safetensors")
+    for name, m in modules.items():
+        factor = 0.5 if name.endswith(("to_q", "to_k")) else 1.0
+        torch.testing.assert_close(scaled[name].delta(), factor * m.delta(), rtol=1e-6, atol=0)
+        assert scaled[name].kind == word
+
+    # convert between key styles (zlora <-> kohya), and the formats that cannot hold it say so
+    convert_lora(src, tmp_path / "k.safetensors", "kohya")
+    assert all(k.startswith("lora_unet_") for k in read_lora(tmp_path / "k.safetensors")[0])
+    back = _modules(tmp_path / "k.safetensors")
+    assert all(torch.equal(back[n].delta(), m.delta()) for n, m in modules.items())
+    for fmt, says in (("diffusers", "diffusers loads only LoRA"), ("comfy", "cannot be fused")):
+        with pytest.raises(UserError, match=says):
+            convert_lora(src, tmp_path / f"{fmt}.safetensors", fmt)
+
+    # resize to a LoRA through the full delta's SVD: all energy at full rank, the same delta
+    kept = resize_lora(src, tmp_path / "r.safetensors", rank=64)
+    assert min(kept.values()) >= 0.99
+    lora = _modules(tmp_path / "r.safetensors")
+    for name, m in modules.items():
+        assert lora[name].kind == "lora"
+        torch.testing.assert_close(lora[name].delta(), m.delta(), rtol=1e-4, atol=1e-6)
+    kept = resize_lora(src, tmp_path / "r2.safetensors", rank=2)
+    assert 0 < min(kept.values()) < 1
+
+    # merge: needs a rank (SVD of the weighted sum of full deltas)
+    with pytest.raises(UserError, match="choose its rank with --rank N"):
+        merge_loras([(str(src), 1.0), (str(trained["loha"]), 1.0)], tmp_path / "m0.safetensors")
+    merge_loras([(str(src), 0.5), (str(trained["loha"]), 1.0)], tmp_path / "m.safetensors", rank=64)
+    merged, other = _modules(tmp_path / "m.safetensors"), _modules(trained["loha"])
+    for name, m in modules.items():
+        torch.testing.assert_close(
+            merged[name].delta(), 0.5 * m.delta() + other[name].delta(), rtol=1e-4, atol=1e-6
+        )
+
+    # bake adds the full delta
+    from safetensors.torch import load_file
+
+    bake_loras(str(tiny_dir), [(str(src), 0.7)], tmp_path / "baked.safetensors")
+    baked = load_file(str(tmp_path / "baked.safetensors"))
+    base = load_file(str(next((tiny_dir / "transformer").glob("*.safetensors"))))
+    torch.testing.assert_close(baked[f"{some}.weight"], base[f"{some}.weight"] + 0.7 * modules[some].delta())
+
+
+def test_generate_applies_a_lokr_file(trained, tiny_dir, tmp_path):
+    from zlora.generate import generate_image
+
+    kw = dict(
+        model=str(tiny_dir), prompt="a swatch", steps=2, width=32, height=32, device="cpu", dtype="fp32"
+    )
+    plain = torch.tensor(list(generate_image(loras=[], **kw).getdata()), dtype=torch.float32)
+    strong = torch.tensor(
+        list(generate_image(loras=[(str(trained["lokr_factor4"]), 8.0)], **kw).getdata()), dtype=torch.float32
+    )
+    assert (plain - strong).abs().mean() > 0.5
+
+
+def test_ai_toolkit_lokr_jobs_import_and_lokr_settings_are_checked():
+    job = {
+        "job": "extension",
+        "config": {
+            "name": "x",
+            "process": [
+                {
+                    "type": "sd_trainer",
+                    "network": {"type": "lokr", "linear": 8, "lokr_factor": 4, "lokr_full_rank": True},
+                }
+            ],
+        },
+    }
+    net = import_aitk(job)[0]["network"]
+    assert net["type"] == "lokr" and net["lokr_factor"] == 4 and net["lokr_full_rank"] is True
+    from zlora.config import parse_config
+
+    with pytest.raises(UserError, match="lokr_factor` must be -1"):
+        parse_config({"network": {"type": "lokr", "lokr_factor": 1}, "datasets": [{"folder_path": "x"}]})
+    with pytest.raises(UserError, match="network.dropout` is for network.type lora"):
+        parse_config({"network": {"type": "loha", "dropout": 0.1}, "datasets": [{"folder_path": "x"}]})
