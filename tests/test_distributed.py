@@ -23,12 +23,13 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _config(make_config, tmp_path: Path, name: str, batch: int, steps: int = 40) -> Path:
+def _config(make_config, tmp_path: Path, name: str, batch: int, steps: int = 40, network=None) -> Path:
     data = make_config(
         {
             "job": {"name": name, "device": "cpu"},
             "train": {"steps": steps, "batch_size": batch, "gradient_accumulation": 2, "seed": 3},
             "save": {"save_every": 4, "max_step_saves_to_keep": 10},
+            **({"network": network} if network else {}),
         },
         as_dict=True,
     )
@@ -68,6 +69,20 @@ def test_two_processes_of_batch_1_train_the_lora_of_one_process_of_batch_2(make_
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 41))  # one writer: each step once
     assert r.stdout.count("LoRA:") == 1
+
+
+def test_a_lokr_trains_the_same_on_two_processes(make_config, tmp_path):
+    """LoKr (network.type lokr) through the same all-reduce: 2 processes x batch 1 = 1 process x batch 2."""
+    net = {"type": "lokr", "linear": 2, "linear_alpha": 4, "lokr_factor": 4}
+    one = _config(make_config, tmp_path, "lokr1", 2, steps=6, network=net)
+    two = _config(make_config, tmp_path, "lokr2", 1, steps=6, network=net)
+    r = subprocess.run([*ZLORA, "train", str(one)], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*TORCHRUN, "-m", "zlora", "train", str(two)], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _lora(one), _lora(two)
+    assert any(k.endswith(".lokr_w2_a") for k in a)
+    assert _close(a, b) <= 1e-5
 
 
 def test_kill_9_of_the_group_then_the_same_command_resumes_and_matches(make_config, tmp_path, reference):

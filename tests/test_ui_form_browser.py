@@ -89,6 +89,17 @@ def test_the_form_shows_what_trains_in_the_guides_words(browser, tmp_path):
             o.get_attribute("value") for o in compile_.find_elements(By.TAG_NAME, "option")
         } == {"auto", "true", "false"}
 
+        # Target Type: LoKr's own fields only under LoKr, and what the form shows trains
+        assert not d.find_elements(By.ID, "f-network-lokr_factor")
+        choose(d, "f-network-type", "lokr")
+        wait(lambda: d.find_elements(By.ID, "f-network-lokr_factor"), 10, "LoKr Factor shown")
+        type_into(d, "f-network-lokr_factor", "8")
+        net = _config(d)["network"]
+        assert (net["type"], net["lokr_factor"], net["lokr_full_rank"]) == ("lokr", 8, False)
+        choose(d, "f-network-type", "loha")
+        wait(lambda: not d.find_elements(By.ID, "f-network-lokr_factor"), 10, "LoKr Factor hidden")
+        choose(d, "f-network-type", "lora")
+
         # resolutions: the toggles and the text box are two views of one list
         click(d, d.find_element(By.CSS_SELECTOR, "[data-path='datasets.0.resolution'] [data-res='512']"))
         wait(lambda: _value(d, "f-datasets-0-resolution") == "768, 1024", 10, "512 off in the text")

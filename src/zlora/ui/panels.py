@@ -8,9 +8,15 @@ from zlora.config.optimizers import OPTIMIZERS
 
 def _panel(pid: str, title: str, fields: dict[str, str], more: dict[str, str] | None = None, **extra) -> dict:
     """A panel: its fields (config path -> label) and the rest of its settings in a "More settings" fold."""
-    as_list = lambda d: [{"path": p, "label": label} for p, label in (d or {}).items()]  # noqa: E731
+    as_list = lambda d: [  # noqa: E731
+        {"path": p, "label": label, **({"only": ONLY[p]} if p in ONLY else {})}
+        for p, label in (d or {}).items()
+    ]
     return {"id": pid, "title": title, "fields": as_list(fields), "more": as_list(more), **extra}
 
+
+# Fields shown only while another setting has one value: path -> (that setting, the value).
+ONLY = {"network.lokr_factor": ("network.type", "lokr"), "network.lokr_full_rank": ("network.type", "lokr")}
 
 # The guide's panels (training guide, section 6). Every config setting is on one of them (a test checks it);
 # dataset fields are relative to each entry of `datasets`.
@@ -55,8 +61,8 @@ PANELS = [
             "network.type": "Target Type",
             "network.linear": "Linear Rank",
             "network.linear_alpha": "Linear Alpha",
-            "network.lokr_factor": "LoKr Factor (LoKr only)",
-            "network.lokr_full_rank": "LoKr Full Rank (LoKr only)",
+            "network.lokr_factor": "LoKr Factor",
+            "network.lokr_full_rank": "LoKr Full Rank",
         },
         {
             "network.preset": "Target Modules Preset",

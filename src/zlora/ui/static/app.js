@@ -239,7 +239,9 @@ async function newJobPage() {
     for (const p of s.panels) {
       const box = el("div", {class: "panel" + (p.list ? " wide" : ""), id: "panel-" + p.id}, el("h2", {}, p.title));
       const fill = (target, entries, prefix) => { for (const f of entries) { const path = prefix + f.path, prop = schemaOf(path);
-        if (prop) target.append(field(path, f.label, prop)); } };
+        const on = !f.only || valueAt(f.only[0]) === f.only[1];
+        if (!on && getAt(draft, path) !== undefined) write(path, undefined);   // another type: its fields go with it
+        else if (prop && on) target.append(field(path, f.label, prop)); } };
       const fold = (entries, prefix, key) => { if (!entries.length) return null;
         const d = el("details", {class: "more", "data-panel": key}, el("summary", {}, `More settings (${entries.length})`));
         if (openFolds.has(key)) d.open = true; fill(d, entries, prefix); return d; };
@@ -291,6 +293,9 @@ async function newJobPage() {
     spot.querySelector?.("input, select, textarea")?.focus();
   }
 
+  // fields shown only for one value of another setting (LoKr's under network.type: lokr): re-render when it changes
+  const shownKey = () => JSON.stringify(s.panels.flatMap((p) => [...p.fields, ...p.more]).filter((f) => f.only).map((f) => valueAt(f.only[0])));
+  let shown = null;
   let timer = null;
   function schedule(rerender = false) { clearTimeout(timer); timer = setTimeout(() => update(rerender), 150); }
   async function update(rerender) {
@@ -299,8 +304,10 @@ async function newJobPage() {
     if (sent !== JSON.stringify(draft)) return;   // an older answer: a newer request is on its way
     if (r.config) resolved = r.config;
     lastYaml = r.yaml;
-    const count = (draft.datasets || []).length;
-    if (rerender || !panels.childElementCount || panels.querySelectorAll(".dataset").length !== count) render(); else sync();
+    const count = (draft.datasets || []).length, shownNow = shownKey();
+    if (rerender || !panels.childElementCount || panels.querySelectorAll(".dataset").length !== count || shownNow !== shown) {
+      shown = shownNow; render();
+    } else sync();
     showErrors(r.errors);
     if (r.timesteps) drawTimesteps($("#timestep-curve"), r.timesteps);
     $("#submit").disabled = false;
