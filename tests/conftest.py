@@ -44,6 +44,25 @@ def dataset_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def adapter_file(tmp_path_factory, tiny_dir) -> str:
+    """An ai-toolkit-style adapter: ``diffusion_model.*`` keys, no ``.alpha`` (alpha = rank), layers + refiners."""
+    from safetensors.torch import save_file
+
+    from zlora.models.load import load_components
+
+    transformer = load_components(tiny_dir, torch.float32).transformer
+    g = torch.Generator().manual_seed(5)
+    sd = {}
+    for name, mod in transformer.named_modules():
+        if name.endswith(("attention.to_q", "attention.to_v", "feed_forward.w1", "feed_forward.w2")):
+            sd[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(4, mod.in_features, generator=g) * 0.2
+            sd[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(mod.out_features, 4, generator=g) * 0.2
+    path = tmp_path_factory.mktemp("adapter") / "adapter_v2.safetensors"
+    save_file(sd, str(path))
+    return str(path)
+
+
 BASE_CONFIG = {
     "job": {
         "name": "t",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from zlora.config.aitk import import_aitk
 from zlora.errors import UserError
@@ -90,22 +89,6 @@ def test_each_network_type_trains_resumes_exactly_and_saves_the_delta_comfyui_ap
     second.train()
     for k, v in second.lora_params.items():
         assert torch.equal(v, after[k]), (kind, k)
-
-
-@pytest.fixture(scope="module")
-def adapter_file(tmp_path_factory, tiny_dir) -> str:
-    from zlora.models.load import load_components
-
-    transformer = load_components(tiny_dir, torch.float32).transformer
-    g = torch.Generator().manual_seed(5)
-    sd = {}
-    for name, mod in transformer.named_modules():
-        if name.endswith(("attention.to_q", "feed_forward.w1")):
-            sd[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(4, mod.in_features, generator=g) * 0.2
-            sd[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(mod.out_features, 4, generator=g) * 0.2
-    path = tmp_path_factory.mktemp("adapter") / "adapter.safetensors"
-    save_file(sd, str(path))
-    return str(path)
 
 
 @pytest.mark.parametrize("kind", ["lokr", "loha"])
