@@ -239,3 +239,37 @@ def test_ai_toolkit_lokr_jobs_import_and_lokr_settings_are_checked():
         parse_config({"network": {"type": "lokr", "lokr_factor": 1}, "datasets": [{"folder_path": "x"}]})
     with pytest.raises(UserError, match="network.dropout` is for network.type lora"):
         parse_config({"network": {"type": "loha", "dropout": 0.1}, "datasets": [{"folder_path": "x"}]})
+
+
+def test_shapes_eval_scores_the_base_model_without_a_lokr_file_merged_in(trained, tiny_dir, tmp_path):
+    """A LoKr file is added to the weights (diffusers' adapters take LoRA only), so `shapes eval` samples the base
+    model's images before it adds the file: its base images are the base model's, file or not."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import ZLORA
+
+    grids = {}
+    for name, extra in (("alone", []), ("with", ["--lora", str(trained["lokr_factor4"]) + ":8"])):
+        grid = tmp_path / f"{name}.png"
+        cmd = [
+            *ZLORA,
+            "shapes",
+            "eval",
+            "--model",
+            str(tiny_dir),
+            "--prompts",
+            "2",
+            "--seeds",
+            "1",
+            "--steps",
+            "2",
+        ]
+        r = subprocess.run([*cmd, *extra, "--grid", str(grid)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        grids[name] = np.asarray(Image.open(grid), dtype=np.int16)
+    side = grids["alone"].shape[0]  # one row: the base images; "with" adds the LoRA's rows below
+    assert np.array_equal(grids["with"][:side], grids["alone"])
+    assert np.abs(grids["with"][side : 2 * side] - grids["alone"]).mean() > 1

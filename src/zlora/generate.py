@@ -100,28 +100,12 @@ def load_pipeline(
 ):
     from diffusers import ZImagePipeline
 
-    from zlora.lora.bake import model_shapes
-
     ref = resolve_model(model)
-    shapes = model_shapes(ref.folder) if loras else None
-    read = []
-    for path, weight in loras:
-        read.append(check_lora_file(path, shapes))
-        if not math.isfinite(weight):
-            raise UserError(f"--lora {path}:{weight}: the weight must be a finite number, e.g. 0.8")
+    read = check_loras(ref.folder, loras)
     quiet_libraries()
     pipe = ZImagePipeline.from_pretrained(ref.folder, dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
-    names, weights = [], []
-    for i, ((path, weight), modules) in enumerate(zip(loras, read, strict=True)):
-        if any(m.kind != "lora" for m in modules.values()):
-            _merge_in_memory(pipe.transformer, modules, weight)
-            continue
-        names.append(f"lora{i}")
-        weights.append(weight)
-        pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name=names[-1])
-    if names:
-        pipe.set_adapters(names, adapter_weights=weights)
+    add_loras(pipe, loras, read)
     if blocks_to_swap < 0:
         raise UserError(f"--blocks-to-swap {blocks_to_swap}: must be 0 or more")
     if not blocks_to_swap:
@@ -134,6 +118,35 @@ def load_pipeline(
     for part in (pipe.text_encoder, pipe.vae):
         part.to(device)
     return pipe
+
+
+def check_loras(folder: Path, loras: list[tuple[str, float]]) -> list[dict]:
+    """Each file checked against the model (``check_lora_file``) and its weight: the files' modules."""
+    from zlora.lora.bake import model_shapes
+
+    shapes = model_shapes(folder) if loras else None
+    read = []
+    for path, weight in loras:
+        read.append(check_lora_file(path, shapes))
+        if not math.isfinite(weight):
+            raise UserError(f"--lora {path}:{weight}: the weight must be a finite number, e.g. 0.8")
+    return read
+
+
+def add_loras(pipe, loras: list[tuple[str, float]], read: list[dict]) -> None:
+    """LoRA files through diffusers' loader as weighted adapters; LoKr / LoHa files (which it does not load) added
+    to the weights (``_merge_in_memory``): there is no switching those off afterwards, so a caller that needs the
+    base model's images makes them before calling this."""
+    names, weights = [], []
+    for i, ((path, weight), modules) in enumerate(zip(loras, read, strict=True)):
+        if any(m.kind != "lora" for m in modules.values()):
+            _merge_in_memory(pipe.transformer, modules, weight)
+            continue
+        names.append(f"lora{i}")
+        weights.append(weight)
+        pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name=names[-1])
+    if names:
+        pipe.set_adapters(names, adapter_weights=weights)
 
 
 @torch.no_grad()

@@ -33,8 +33,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from zlora.config.presets import fill_sampling
-    from zlora.generate import load_pipeline
-    from zlora.models.load import resolve_device
+    from zlora.generate import add_loras, check_loras, load_pipeline
+    from zlora.models.load import resolve_device, resolve_model
     from zlora.shapes.evaluate import judge_images, sample_batch, summarise
     from zlora.shapes.world import eval_prompts
     from zlora.utils.io import atomic_write, atomic_write_text
@@ -45,7 +45,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     steps, guidance = how["steps"], how["guidance"]
     dev = resolve_device(args.device, "--device")
     loras = [parse_lora_arg(args.lora)] if args.lora else []
-    pipe = load_pipeline(args.model, loras, dev, torch.float32)
+    read = check_loras(resolve_model(args.model).folder, loras)  # before anything is sampled
+    pipe = load_pipeline(args.model, [], dev, torch.float32)  # the base model's images first, then the LoRA's
     seeds = list(range(args.seeds))
     plain = [p for p in eval_prompts(args.prompts) for _ in seeds]
     trig = [p for p in eval_prompts(args.prompts, shape_word=args.trigger) for _ in seeds]
@@ -55,8 +56,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return sample_batch(pipe, prompts, seed_list, steps, guidance, how["width"], how["height"])
 
     sets = {}
-    if loras:
-        pipe.disable_lora()
     sets["base"] = run(plain)
     base_j = judge_images(sets["base"], plain, seed_list, args.trigger)
     result = {
@@ -68,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     print(_line("base model", result["base"]))
     if loras:
-        pipe.enable_lora()
+        add_loras(pipe, loras, read)
         sets["lora"], sets["lora_trigger"] = run(plain), run(trig)
         base = {(j.prompt, j.seed): j.key() for j in base_j}
         result["lora"] = summarise(
