@@ -34,7 +34,11 @@ class Terminated(BaseException):
     """SIGTERM before the trainer's graceful stop is installed (start-up): end at once, with a message."""
 
 
+_SIGNALLED: list[int] = []  # set once a SIGTERM has arrived
+
+
 def _terminate(signum, frame) -> None:
+    _SIGNALLED.append(signum)
     raise Terminated
 
 
@@ -72,3 +76,10 @@ def _main(argv: list[str] | None) -> int:
     except Terminated:
         print("zlora: terminated (SIGTERM)", file=sys.stderr)
         return 143
+    except Exception:
+        # A SIGTERM that landed inside a library, e.g. mid-import, can come out as another error (a half-imported
+        # numpy raised RecursionError): it is still the signal, not our bug.
+        if _SIGNALLED:
+            print("zlora: terminated (SIGTERM)", file=sys.stderr)
+            return 143
+        raise
