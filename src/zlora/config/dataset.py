@@ -65,10 +65,6 @@ class DatasetConfig(Section):
             )
         return self
 
-    @property
-    def masked(self) -> bool:
-        return bool(self.mask_path) or self.alpha_mask
-
     @field_validator("folder_path")
     @classmethod
     def _not_empty(cls, v: str) -> str:

@@ -101,11 +101,6 @@ class LokrModule:
         return self.w1_b.shape[0] if self.w1 is None else 0
 
     @property
-    def factor(self) -> int:
-        """w1's shape: the Kronecker factor (``lokr_factor``): w1 is (factor x factor) when it divides both sides."""
-        return self.w1.shape[0] if self.w1 is not None else self.w1_a.shape[0]
-
-    @property
     def scale(self) -> float:
         return self.alpha / self.rank if self.alpha is not None and self.rank else 1.0
 

@@ -54,21 +54,25 @@ class LoraNetwork:
 
     def add(self, transformer: torch.nn.Module, seed: int) -> None:
         """The adapter on the target modules; its weights are fp32 whatever the base dtype."""
-        from peft import LoraConfig
-
-        net = self.cfg
-        config = LoraConfig(
-            r=net.linear,
-            lora_alpha=net.linear_alpha,
-            lora_dropout=net.dropout,
-            init_lora_weights=True,
-            target_modules=target_module_names(transformer, net),
-        )
-        torch.manual_seed(seed)  # LoRA A init
+        config = self.peft_config(target_module_names(transformer, self.cfg), transformer)
+        torch.manual_seed(seed)  # the adapter's random init
         transformer.add_adapter(config, adapter_name=USER)
         for p in transformer.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
+
+    def peft_config(self, names: list[str], transformer: torch.nn.Module):
+        """The peft config of this type for the modules ``names``."""
+        from peft import LoraConfig
+
+        net = self.cfg
+        return LoraConfig(
+            r=net.linear,
+            lora_alpha=net.linear_alpha,
+            lora_dropout=net.dropout,
+            init_lora_weights=True,
+            target_modules=names,
+        )
 
     def trainable(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         """The network's parameters by model name (``layers.0.attention.to_q.lora_A.default.weight``)."""
@@ -99,18 +103,7 @@ class LycorisNetwork(LoraNetwork):
     """peft's LoKr / LoHa (its ``LoKrConfig`` / ``LoHaConfig``, from LyCORIS); exported with LyCORIS's tensor names,
     at the scale ComfyUI applies to them (``lora.modules.LokrModule`` / ``LohaModule``)."""
 
-    prefix = ""
-
-    def peft_config(self, names: list[str], transformer: torch.nn.Module):
-        raise NotImplementedError
-
-    def add(self, transformer: torch.nn.Module, seed: int) -> None:
-        names = target_module_names(transformer, self.cfg)
-        torch.manual_seed(seed)
-        transformer.add_adapter(self.peft_config(names, transformer), adapter_name=USER)
-        for p in transformer.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    prefix = ""  # of its parameters' names in peft (lokr_w1, hada_w1_a, ...)
 
     def export(self, params: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, AnyModule]:
         parts: dict[str, dict[str, torch.Tensor]] = {}
