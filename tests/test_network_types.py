@@ -1,5 +1,6 @@
-"""network.type lokr / loha (issue 25, item 1-2): peft's LoKr and LoHa train on the tiny model, resume bit-identically,
-save with LyCORIS's keys at the scale ComfyUI applies, and every LoRA tool takes them."""
+"""network.type lokr / loha / dora (issue 25, item 1-2): peft's LoKr, LoHa and DoRA train on the tiny model, resume
+bit-identically, save with the keys ComfyUI reads (LyCORIS's; DoRA's dora_scale) at the weight ComfyUI makes of
+them, and every LoRA tool takes them (DoRA with the base model's weights)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import torch
 
 from zlora.config.aitk import import_aitk
 from zlora.errors import UserError
-from zlora.lora.codecs import read_modules
 from zlora.lora.file import read_lora
 from zlora.runfolder import read_metrics
 from zlora.train.adapter import USER
@@ -19,7 +19,9 @@ TYPES = {
     "lokr_factor4": {"type": "lokr", "linear": 2, "linear_alpha": 3, "lokr_factor": 4},  # w2 (16x16) = a @ b
     "lokr_full": {"type": "lokr", "linear": 2, "linear_alpha": 3, "lokr_factor": 4, "lokr_full_rank": True},
     "loha": {"type": "loha", "linear": 4, "linear_alpha": 2},
+    "dora": {"type": "dora", "linear": 4, "linear_alpha": 2},
 }
+PREFIX = {"lokr": ("lokr_",), "loha": ("hada_",), "dora": ("lora_A", "lora_B", "lora_magnitude_vector")}
 
 
 def _trainer(make_config, net: dict, name: str, steps: int = 12, **extra) -> Trainer:
@@ -29,11 +31,21 @@ def _trainer(make_config, net: dict, name: str, steps: int = 12, **extra) -> Tra
     return t
 
 
-def comfy_delta(tensors: dict[str, torch.Tensor], base: str) -> torch.Tensor:
-    """A module's delta from the file's tensors alone, as ComfyUI's ``weight_adapter/lokr.py`` and ``loha.py``
-    compute it (``calculate_weight`` at strength 1)."""
+def comfy_delta(
+    tensors: dict[str, torch.Tensor], base: str, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A module's delta from the file's tensors (and, for DoRA, the base ``weight``), as ComfyUI's
+    ``weight_adapter/lokr.py``, ``loha.py`` and ``lora.py`` + ``base.weight_decompose`` compute it
+    (``calculate_weight`` at strength 1, in fp32)."""
     t = {k.removeprefix(base + "."): v.float() for k, v in tensors.items() if k.startswith(base + ".")}
     alpha = t["alpha"].item() if "alpha" in t else None
+    if "dora_scale" in t:
+        up, down = t["lora_B.weight"], t["lora_A.weight"]
+        calc = weight + (alpha / down.shape[0]) * (up @ down)
+        norm = (
+            weight.norm(dim=1, keepdim=True) + torch.finfo(torch.float32).eps
+        )  # dora_scale on the output axis
+        return calc * (t["dora_scale"] / norm) - weight
     if "hada_w1_a" in t:
         scale = alpha / t["hada_w1_b"].shape[0] if alpha is not None else 1.0
         return scale * (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
@@ -55,8 +67,8 @@ def test_each_network_type_trains_resumes_exactly_and_saves_the_delta_comfyui_ap
     net = TYPES[kind]
     whole = _trainer(make_config, net, "whole")
     assert whole.lora_params and all(f".{USER}" in n for n in whole.lora_params)
-    prefix = "lokr_" if net["type"] == "lokr" else "hada_"
-    assert all(n.rsplit(".", 2)[1].startswith(prefix) for n in whole.lora_params)
+    prefix = PREFIX[net["type"]]
+    assert all(n.split(f".{USER}")[0].rsplit(".", 1)[1].startswith(prefix) for n in whole.lora_params)
     whole.train()
     whole.save()
     losses = [r["loss"] for r in read_metrics(whole.run.metrics) if "loss" in r]
@@ -65,13 +77,37 @@ def test_each_network_type_trains_resumes_exactly_and_saves_the_delta_comfyui_ap
     # the saved file: LyCORIS keys; each module's delta, computed from its tensors as ComfyUI does, is the trained one
     tensors, meta = read_lora(whole.run.final_lora)
     assert meta["type"] == net["type"]
-    modules = {n.rsplit(".", 2)[0] for n in whole.lora_params}
+    modules = {n.split(f".{USER}")[0].rsplit(".", 1)[0] for n in whole.lora_params}
     for name in modules:
         layer = whole.transformer.get_submodule(name)
+        if (
+            kind == "dora"
+        ):  # the trained layer's own output on the identity: W' x - W x, through peft's forward
+            base = layer.get_base_layer()
+            eye = torch.eye(base.in_features)
+            layer.eval()
+            with torch.no_grad():
+                trained = (layer(eye) - base(eye)).T
+            layer.train()
+            got = comfy_delta(tensors, f"diffusion_model.{name}", base.weight.detach())
+            torch.testing.assert_close(got, trained, rtol=1e-4, atol=1e-6)
+            assert trained.abs().max() > 1e-3  # it trained something
+            continue
         trained = layer.get_delta_weight(USER).detach().float()
         torch.testing.assert_close(
             comfy_delta(tensors, f"diffusion_model.{name}"), trained, rtol=1e-5, atol=1e-7
         )
+    if (
+        kind == "dora"
+    ):  # the network at weight 0 is the base model exactly (peft's DoRA would keep its magnitude)
+        layer = whole.transformer.get_submodule(name)
+        x = torch.randn(3, layer.get_base_layer().in_features)
+        whole.adapters.preview(0.0)
+        with torch.no_grad():
+            assert torch.equal(layer(x), layer.get_base_layer()(x))
+            whole.adapters.train()
+            assert not torch.equal(layer(x), layer.get_base_layer()(x))
+        assert all(p.requires_grad for p in whole.lora_params.values())
     if kind == "lokr_full":
         assert not any(k.endswith((".alpha", "_a", "_b")) for k in tensors)  # whole factors, scale 1
     if kind == "lokr_factor4":
@@ -91,8 +127,8 @@ def test_each_network_type_trains_resumes_exactly_and_saves_the_delta_comfyui_ap
         assert torch.equal(v, after[k]), (kind, k)
 
 
-@pytest.mark.parametrize("kind", ["lokr", "loha"])
-def test_lokr_and_loha_train_beside_the_turbo_adapter_with_ema_on_float8_weights(
+@pytest.mark.parametrize("kind", ["lokr", "loha", "dora"])
+def test_each_type_trains_beside_the_turbo_adapter_with_ema_on_float8_weights(
     make_config, kind, adapter_file
 ):
     t = _trainer(
@@ -106,9 +142,18 @@ def test_lokr_and_loha_train_beside_the_turbo_adapter_with_ema_on_float8_weights
     t.train()
     t.save()
     tensors, _ = read_lora(t.run.final_lora)
-    assert not any("assistant" in k or ".lora_A." in k for k in tensors)  # the adapter is never saved
+    assert not any("assistant" in k for k in tensors)  # the adapter is never saved
+    if kind == "dora":  # the adapter's modules would have a lora_A but no dora_scale
+        downs = {k.removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight")}
+        assert downs and downs == {
+            k.removesuffix(".dora_scale") for k in tensors if k.endswith(".dora_scale")
+        }
+    else:
+        assert not any(".lora_A." in k for k in tensors)
     assert all(torch.isfinite(v).all() for v in tensors.values())
-    assert any(k.endswith("lokr_w1" if kind == "lokr" else "hada_w1_a") for k in tensors)
+    assert any(
+        k.endswith({"lokr": "lokr_w1", "loha": "hada_w1_a", "dora": "dora_scale"}[kind]) for k in tensors
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +165,7 @@ def trained(tmp_path_factory, tiny_dir, dataset_dir) -> dict:
     from zlora.config import parse_config
 
     out = {}
-    for kind in ("lokr", "lokr_factor4", "loha"):
+    for kind in ("lokr", "lokr_factor4", "loha", "dora"):
         data = copy.deepcopy(BASE_CONFIG)
         data["job"]["output_dir"] = str(tmp_path_factory.mktemp(kind))
         data["datasets"][0]["folder_path"] = str(dataset_dir)
@@ -135,11 +180,13 @@ def trained(tmp_path_factory, tiny_dir, dataset_dir) -> dict:
 
 
 def _modules(path):
-    tensors, meta = read_lora(path)
-    return read_modules(tensors, metadata=meta)
+    """The file's modules; DoRA ones with the base weights of the model the file names (builtin:tiny)."""
+    from zlora.lora.tools import read_lora_modules
+
+    return read_lora_modules(path)[0]
 
 
-@pytest.mark.parametrize("kind", ["lokr", "lokr_factor4", "loha"])
+@pytest.mark.parametrize("kind", ["lokr", "lokr_factor4", "loha", "dora"])
 def test_lora_tools_take_each_type(trained, kind, tmp_path, tiny_dir):
     from zlora.lora.edit import Multipliers
     from zlora.lora.tools import (
@@ -164,7 +211,10 @@ def test_lora_tools_take_each_type(trained, kind, tmp_path, tiny_dir):
     scaled = _modules(tmp_path / "s.safetensors")
     for name, m in modules.items():
         factor = 0.5 if name.endswith(("to_q", "to_k")) else 1.0
-        torch.testing.assert_close(scaled[name].delta(), factor * m.delta(), rtol=1e-6, atol=0)
+        tol = (
+            dict(rtol=1e-4, atol=1e-6) if kind == "dora" else dict(rtol=1e-6, atol=0)
+        )  # DoRA: W' - W cancels
+        torch.testing.assert_close(scaled[name].delta(), factor * m.delta(), **tol)
         assert scaled[name].kind == word
 
     # convert between key styles (zlora <-> kohya), and the formats that cannot hold it say so
@@ -212,10 +262,46 @@ def test_generate_applies_a_lokr_file(trained, tiny_dir, tmp_path):
         model=str(tiny_dir), prompt="a swatch", steps=2, width=32, height=32, device="cpu", dtype="fp32"
     )
     plain = torch.tensor(list(generate_image(loras=[], **kw).getdata()), dtype=torch.float32)
-    strong = torch.tensor(
-        list(generate_image(loras=[(str(trained["lokr_factor4"]), 8.0)], **kw).getdata()), dtype=torch.float32
-    )
-    assert (plain - strong).abs().mean() > 0.5
+    for kind in ("lokr_factor4", "dora"):
+        strong = torch.tensor(
+            list(generate_image(loras=[(str(trained[kind]), 8.0)], **kw).getdata()), dtype=torch.float32
+        )
+        assert (plain - strong).abs().mean() > 0.5, kind
+
+
+def test_a_dora_file_asks_for_its_base_model_and_takes_it_from_base(trained, tiny_dir, tmp_path):
+    """A DoRA delta depends on the base weights: without the model (the file's base_model not here), inspect says
+    so and the tools that need the delta refuse with the way out; --base gives it, from the CLI too."""
+    import subprocess
+
+    from safetensors.torch import save_file
+
+    from conftest import ZLORA
+    from zlora.lora.edit import Multipliers
+    from zlora.lora.tools import inspect_lora, read_lora_modules, scale_lora
+
+    tensors, meta = read_lora(trained["dora"])
+    lost = tmp_path / "lost.safetensors"
+    save_file(tensors, str(lost), {**meta, "base_model": str(tmp_path / "no-such-model")})
+    assert "pass --base MODEL" in inspect_lora(lost)
+    with pytest.raises(UserError, match="pass --base MODEL"):
+        scale_lora(lost, tmp_path / "s.safetensors", Multipliers(ratio=0.5))
+    assert not (tmp_path / "s.safetensors").exists()
+    with pytest.raises(UserError, match="no-such"):  # a --base that is not there is named
+        read_lora_modules(lost, base=str(tmp_path / "no-such"))
+
+    with_base = inspect_lora(lost, base=str(tiny_dir))
+    assert "delta Frobenius norm per block x component" in with_base and "type:     dora" in with_base
+    r = subprocess.run(
+        [*ZLORA, "lora", "scale", str(lost), "-o", str(tmp_path / "half.safetensors"), "--ratio", "0.5",
+         "--base", str(tiny_dir)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    half = read_lora_modules(tmp_path / "half.safetensors", base=str(tiny_dir))[0]
+    whole = read_lora_modules(lost, base=str(tiny_dir))[0]
+    for name, m in whole.items():
+        torch.testing.assert_close(half[name].delta(), 0.5 * m.delta(), rtol=1e-4, atol=1e-6)
 
 
 def test_ai_toolkit_lokr_jobs_import_and_lokr_settings_are_checked():
@@ -233,6 +319,9 @@ def test_ai_toolkit_lokr_jobs_import_and_lokr_settings_are_checked():
     }
     net = import_aitk(job)[0]["network"]
     assert net["type"] == "lokr" and net["lokr_factor"] == 4 and net["lokr_full_rank"] is True
+    job["config"]["process"][0]["network"] = {"type": "dora", "linear": 8}
+    net = import_aitk(job)[0]["network"]
+    assert net["type"] == "dora" and net["preset"] == "attn_ff_adaln"
     from zlora.config import parse_config
 
     with pytest.raises(UserError, match="lokr_factor` must be -1"):

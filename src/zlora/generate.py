@@ -3,6 +3,7 @@ so what it shows is what diffusers users get from the same files."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def check_loras(folder: Path, loras: list[tuple[str, float]]) -> list[dict]:
 
 
 def add_loras(pipe, loras: list[tuple[str, float]], read: list[dict]) -> None:
-    """LoRA files through diffusers' loader as weighted adapters; LoKr / LoHa files (which it does not load) added
+    """LoRA files through diffusers' loader as weighted adapters; LoKr / LoHa / DoRA files (which it does not load) added
     to the weights (``_merge_in_memory``): there is no switching those off afterwards, so a caller that needs the
     base model's images makes them before calling this."""
     names, weights = [], []
@@ -151,10 +152,12 @@ def add_loras(pipe, loras: list[tuple[str, float]], read: list[dict]) -> None:
 
 @torch.no_grad()
 def _merge_in_memory(transformer, modules: dict, weight: float) -> None:
-    """A LoKr / LoHa file (diffusers loads LoRA only): ``weight x delta`` added to the weights in memory, in fp32,
-    as ComfyUI's loader patches them."""
+    """A LoKr / LoHa / DoRA file (diffusers loads LoRA only for Z-Image): ``weight x delta`` added to the weights in
+    memory, in fp32, as ComfyUI's loader patches them (a DoRA delta computed on the weight it is added to)."""
     for name, m in modules.items():
         w = transformer.get_submodule(name).weight
+        if m.kind == "dora":
+            m = dataclasses.replace(m, base=w)
         w.copy_((w.float() + weight * m.delta().to(w.device)).to(w.dtype))
 
 

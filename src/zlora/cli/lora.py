@@ -22,6 +22,7 @@ def register(sub) -> None:
         [FOREIGN],
     )
     p.add_argument("file", help="a LoRA .safetensors")
+    _dora_base(p)
     add(lora, "formats", "which LoRA format to hand to which tool", cmd_lora_formats)
 
     p = add(
@@ -41,6 +42,7 @@ def register(sub) -> None:
         )
     p.add_argument("--out", dest="old_out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--layers", default=None, help='per-layer multipliers, e.g. "0-9:0.5,20-29:1.2"')
+    _dora_base(p)
 
     p = add(
         lora, "merge", "merge LoRAs with weights (exact, or SVD to --rank)", cmd_lora_merge, [WRITES, FOREIGN]
@@ -53,6 +55,7 @@ def register(sub) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.add_argument("--rank", type=int, default=None, help="reduce the merged LoRA to this rank (SVD)")
+    _dora_base(p)
 
     p = add(
         lora,
@@ -63,6 +66,7 @@ def register(sub) -> None:
     )
     _src_dst(p, "the LoRA to resize")
     p.add_argument("--rank", type=int, required=True, help="the new rank (a positive integer)")
+    _dora_base(p)
 
     p = add(
         lora, "bake", "write the base transformer with LoRAs merged in (streamed)", cmd_lora_bake, [WRITES]
@@ -92,6 +96,15 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
 
 
+def _dora_base(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base",
+        default=None,
+        help="DoRA files: the model they were trained on (their delta depends on its weights; default: the "
+        "file's base_model, when it is here)",
+    )
+
+
 def _src_dst(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("src", help=what)
     p.add_argument("dst", nargs="?", help="output file (same as -o)")
@@ -106,7 +119,7 @@ def cmd_lora_formats(args: argparse.Namespace) -> int:
 def cmd_lora_inspect(args: argparse.Namespace) -> int:
     from zlora.lora.tools import inspect_lora
 
-    print(inspect_lora(args.file, args.allow_foreign))
+    print(inspect_lora(args.file, args.allow_foreign, args.base))
     return 0
 
 
@@ -151,7 +164,7 @@ def cmd_lora_scale(args: argparse.Namespace) -> int:
         args.ratio, {c: v for c, v in comps.items() if v is not None}, parse_layer_spec(args.layers)
     )
     out = output(args)
-    scale_lora(args.src, out, mult, args.overwrite, args.allow_foreign)
+    scale_lora(args.src, out, mult, args.overwrite, args.allow_foreign, args.base)
     print(out)
     return 0
 
@@ -164,7 +177,13 @@ def cmd_lora_merge(args: argparse.Namespace) -> int:
     inputs = [parse_lora_arg(text) for text, _ in parsed]
     _report_kept(
         merge_loras(
-            inputs, args.output, args.rank, [m for _, m in parsed], args.overwrite, args.allow_foreign
+            inputs,
+            args.output,
+            args.rank,
+            [m for _, m in parsed],
+            args.overwrite,
+            args.allow_foreign,
+            args.base,
         )
     )
     print(args.output)
@@ -175,7 +194,7 @@ def cmd_lora_resize(args: argparse.Namespace) -> int:
     from zlora.lora.tools import resize_lora
 
     out = output(args)
-    _report_kept(resize_lora(args.src, out, args.rank, args.overwrite, args.allow_foreign))
+    _report_kept(resize_lora(args.src, out, args.rank, args.overwrite, args.allow_foreign, args.base))
     print(out)
     return 0
 

@@ -133,7 +133,7 @@ class _Import:
         if value == "lokr":  # its job files train LoKr on the same modules as LoRA
             self.set("network.preset", "attn_ff_adaln", "network.type: lokr -> network.preset: attn_ff_adaln")
             self.set("network.type", "lokr")
-        elif value in ("lora", "locon"):
+        elif value in ("lora", "locon", "dora"):
             # ai-toolkit's Z-Image LoRA covers every Linear of the main blocks, the adaLN modulation included.
             self.set(
                 "network.preset",
@@ -141,7 +141,7 @@ class _Import:
                 f"network.type: {value} -> network.preset: attn_ff_adaln (ai-toolkit trains every Linear of "
                 "layers.*, adaLN_modulation included)",
             )
-            self.set("network.type", "lora")
+            self.set("network.type", "dora" if value == "dora" else "lora")
         else:
             self.set("network.type", value)
 

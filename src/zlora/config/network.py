@@ -47,6 +47,13 @@ class LoraNetworkConfig(NetworkBase):
     """Target Type: ``lora`` (delta = (alpha / rank) B A on each target Linear)."""
 
 
+class DoraNetworkConfig(NetworkBase):
+    type: Literal["dora"] = "dora"  # type: ignore[assignment]
+    """Target Type: ``dora`` (DoRA: a LoRA plus a trained magnitude per output row, peft's ``use_dora``: the new
+    weight is ``m (W + delta) / ||W + delta||`` row by row). Saved with ComfyUI's ``dora_scale``; the LoRA tools
+    need the base model for its delta (``--base``)."""
+
+
 class LycorisBase(NetworkBase):
     """LoKr and LoHa: peft's LyCORIS tuners, which have no input dropout."""
 
@@ -83,7 +90,12 @@ class LohaNetworkConfig(LycorisBase):
 
 
 # network.type -> its config class: the config of `network` is chosen by its `type` (default lora).
-NETWORK_TYPES = {"lora": LoraNetworkConfig, "lokr": LokrNetworkConfig, "loha": LohaNetworkConfig}
+NETWORK_TYPES = {
+    "lora": LoraNetworkConfig,
+    "lokr": LokrNetworkConfig,
+    "loha": LohaNetworkConfig,
+    "dora": DoraNetworkConfig,
+}
 
 
 def _network_type(value) -> str:

@@ -8,8 +8,9 @@ the 12 GB transformer (``utils.tensorfile.write_streaming``: safetensors' own ``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -65,6 +66,28 @@ def check_fits(
             )
 
 
+def attach_base(modules: dict, model_folder: Path) -> dict:
+    """DoRA modules with their base weight attached (``DoraModule.base``: read from the memory-mapped file when
+    needed, one module at a time); other modules as they are."""
+    dora = {n: m for n, m in modules.items() if m.kind == "dora"}
+    if not dora:
+        return modules
+    specs = _specs(transformer_files(model_folder))
+    check_fits(dora, {key: shape for key, _, _, shape in specs}, "the DoRA file")
+    where = {key: path for key, path, _, _ in specs}
+
+    def reader(key: str) -> Callable[[], torch.Tensor]:
+        def read() -> torch.Tensor:
+            with open_safetensors(where[key]) as f:
+                return f.get_tensor(key)
+
+        return read
+
+    return {
+        n: dataclasses.replace(m, base=reader(f"{n}.weight")) if n in dora else m for n, m in modules.items()
+    }
+
+
 def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], out: Path) -> list[str]:
     """Merge ``sum(weight * delta)`` into the base transformer and write it to ``out``: a ``.safetensors`` file, or a
     folder (config.json + weights) that ``ZImageTransformer2DModel.from_pretrained`` loads. Returns changed keys."""
@@ -86,10 +109,13 @@ def bake(model_folder: Path, loras: list[tuple[dict[str, LoraModule], float]], o
         if key not in targets:
             return t
         # base + sum(w * delta) in fp32, added in place: no fp32 copy of the base (a + b == b + a exactly)
-        merged = sum(w * m.delta() for m, w in targets[key]).add_(t)
+        merged = sum(w * _on(m, t).delta() for m, w in targets[key]).add_(t)
         if not torch.isfinite(merged).all():
             raise UserError(f"{key}: the merged weight is not finite; check the LoRA weights")
         return merged.to(dtype)
+
+    def _on(m, t: torch.Tensor):  # a DoRA module's delta is computed on this very base tensor
+        return dataclasses.replace(m, base=t) if m.kind == "dora" else m
 
     meta = {"format": "pt", "baked_loras": str(len(loras))}
     plain = [(key, dtype, shape) for key, _, dtype, shape in specs]

@@ -27,7 +27,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from zlora.errors import UserError
-from zlora.lora.modules import LYCORIS_SUFFIXES, AnyModule, LoraModule, read_lycoris
+from zlora.lora.modules import LYCORIS_SUFFIXES, AnyModule, DoraModule, LoraModule, read_lycoris
 from zlora.lora.qkv import fuse, unfuse
 from zlora.vocab import ZIMAGE_MODULE
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI's parser 
 # `.alpha` tensors: they send diffusers down its non-diffusers converter, which then fails to find the modules.
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 _KINDS = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_down.weight": "A", ".lora_up.weight": "B",
-          ".alpha": "alpha", **{f".{s}": s for s in LYCORIS_SUFFIXES}}  # fmt: skip
+          ".alpha": "alpha", ".dora_scale": "dora_scale", **{f".{s}": s for s in LYCORIS_SUFFIXES}}  # fmt: skip
 SUFFIXES = tuple(_KINDS)
 _PREFIXES = ("lora_unet_", "diffusion_model.", "transformer.", "base_model.model.")
 _FOREIGN = [
@@ -65,7 +65,7 @@ def split_key(key: str) -> tuple[str, str]:
             return key[: -len(suffix)], kind
     raise UserError(
         f"unexpected LoRA key {key}; expected .lora_A/.lora_B/.lora_down/.lora_up weights (LoRA), .lokr_w1/w2 "
-        "(LoKr), .hada_w1_a/... (LoHa) and .alpha"
+        "(LoKr), .hada_w1_a/... (LoHa), .dora_scale (DoRA) and .alpha"
     )
 
 
@@ -146,9 +146,9 @@ class Codec:
         out: dict[str, torch.Tensor] = {}
         for module, m in self.prepare(modules).items():
             base = self.key_base(module)
-            if m.kind == "lora":
+            if m.kind in ("lora", "dora"):
                 out[base + a], out[base + b] = m.A.contiguous(), m.B.contiguous()
-            else:  # LoKr / LoHa: LyCORIS's key names, which ComfyUI's loader reads
+            if m.kind != "lora":  # DoRA's dora_scale, LoKr / LoHa: LyCORIS's key names, which ComfyUI reads
                 out.update({f"{base}.{suffix}": t.contiguous() for suffix, t in m.tensors().items()})
             if m.alpha is not None and self.writes_alpha:
                 out[base + ".alpha"] = torch.tensor(m.alpha)
@@ -354,7 +354,15 @@ def _module(name: str, p: dict[str, torch.Tensor], alpha_of) -> AnyModule:
             f"{p['B'].shape[1]}; the file is damaged"
         )
     alpha = float(p["alpha"]) if "alpha" in p else alpha_of(name)
-    return LoraModule(p["A"], p["B"], alpha)
+    if "dora_scale" not in p:
+        return LoraModule(p["A"], p["B"], alpha)
+    out, n_in = p["B"].shape[0], p["A"].shape[1]
+    if list(p["dora_scale"].shape) not in ([out, 1], [1, n_in]):
+        raise UserError(
+            f"module {name}: dora_scale is {list(p['dora_scale'].shape)}, not [{out}, 1] (output axis) or "
+            f"[1, {n_in}] (input axis); the file is damaged"
+        )
+    return DoraModule(p["A"], p["B"], alpha, p["dora_scale"])
 
 
 def kohya_module(flat: str) -> str:

@@ -149,7 +149,7 @@ def reduce_rank(modules: dict[str, AnyModule], rank: int) -> tuple[dict[str, Lor
     out, kept = {}, {}
     for name, m in modules.items():
         if m.kind != "lora":
-            dtype = next(iter(m.tensors().values())).dtype
+            dtype = m.B.dtype if m.kind == "dora" else next(iter(m.tensors().values())).dtype
             out[name], kept[name] = svd_lora(m.delta(), rank, dtype)
             continue
         B = m.B.double() * m.scale  # (out, k)

@@ -181,7 +181,81 @@ class LohaModule:
         return all(t.isfinite().all() for t in self.tensors().values())
 
 
-AnyModule = LoraModule | LokrModule | LohaModule
+@dataclass
+class DoraModule:
+    """DoRA (peft ``use_dora``, ComfyUI ``weight_decompose``): a LoRA ``A``, ``B``, ``alpha`` plus ``dora_scale``, and
+    the weight it makes is ComfyUI's: with ``dora_scale`` (out, 1) (on the output axis, peft's and zlora's),
+    ``W' = (W + s B A) * dora_scale / ||W||_row``; with (1, in) (LyCORIS's input axis), ``(W + s B A) *
+    dora_scale / ||W + s B A||_column``. The delta depends on the base weight ``W``, which a file does not hold:
+    ``base`` (a tensor, or a function that reads it: one module's weight in memory at a time) is attached by the
+    tools (``--base``, else the file's ``base_model``; ``lora.bake.attach_base``); without it ``delta()`` says so."""
+
+    A: torch.Tensor  # (rank, in)
+    B: torch.Tensor  # (out, rank)
+    alpha: float | None = None
+    dora_scale: torch.Tensor | None = None  # (out, 1) or (1, in)
+    base: object = None  # the base weight (out, in), or a function returning it
+    kind = "dora"
+    shape = LoraModule.shape
+    rank = LoraModule.rank
+    scale = LoraModule.scale
+
+    @property
+    def on_output(self) -> bool:
+        return self.dora_scale.shape[0] == self.B.shape[0]
+
+    def weight(self) -> torch.Tensor:
+        if self.base is None:
+            raise UserError(
+                "a DoRA file's delta depends on the base model's weights: pass --base MODEL (the model it was "
+                "trained on)"
+            )
+        w = self.base() if callable(self.base) else self.base
+        return w.float()
+
+    def _norm(self, w: torch.Tensor, calc: torch.Tensor) -> torch.Tensor:
+        """The divisor ComfyUI uses (fp32, its eps added): the base rows' norm, or the new weight's columns'."""
+        import torch
+
+        norm = w.norm(dim=1, keepdim=True) if self.on_output else calc.norm(dim=0, keepdim=True)
+        return norm + torch.finfo(torch.float32).eps
+
+    def delta(self) -> torch.Tensor:
+        """ComfyUI's ``W' - W`` at strength 1, in fp32."""
+        w = self.weight()
+        calc = w + self.scale * (self.B.float() @ self.A.float())
+        return calc * (self.dora_scale.float() / self._norm(w, calc)) - w
+
+    def delta_norm(self) -> float:
+        return float(self.delta().double().norm())
+
+    def scaled(self, factor: float) -> DoraModule:
+        """ComfyUI's strength ``W + f (W' - W)`` as a DoRA module (output axis; exact): with r = dora_scale /
+        ||W||, ``r' = 1 - f + f r`` per row, B times ``f r / r'`` and dora_scale = ``r' ||W||``."""
+        if factor == 1.0:
+            return self
+        if not self.on_output:
+            raise UserError(
+                "scaling an input-axis DoRA file (LyCORIS style) is not exact; make a LoRA of it first "
+                "(zlora lora resize --rank N --base MODEL)"
+            )
+        w = self.weight()
+        norm = self._norm(w, w)
+        r = self.dora_scale.float() / norm
+        new = 1 - factor + factor * r
+        if bool((new.abs() < 1e-6).any()):
+            raise UserError(f"a scale of {factor:g} takes a DoRA row's magnitude to zero; choose another")
+        B = (self.B.float() * (factor * r / new)).to(self.B.dtype)
+        return dataclasses.replace(self, B=B, dora_scale=(new * norm).to(self.dora_scale.dtype))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"dora_scale": self.dora_scale}
+
+    def is_finite(self) -> bool:
+        return bool(self.A.isfinite().all() and self.B.isfinite().all() and self.dora_scale.isfinite().all())
+
+
+AnyModule = LoraModule | LokrModule | LohaModule | DoraModule
 # The key suffixes of each type's tensors in a file (after ``<module>.``), for the codecs.
 LYCORIS_SUFFIXES = {
     **{f"lokr_{n}": ("lokr", n) for n in LokrModule.TENSORS},

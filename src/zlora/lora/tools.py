@@ -21,6 +21,11 @@ from zlora.utils.tensorfile import save_tensors
 from zlora.vocab import COMPONENTS, block_order, split_block
 
 
+def needs_base(modules: dict) -> bool:
+    """DoRA modules whose base weights are not attached: their delta cannot be computed."""
+    return any(m.kind == "dora" and m.base is None for m in modules.values())
+
+
 def delta_table(modules: dict[str, LoraModule]) -> tuple[dict[str, dict[str, float]], list[str]]:
     """{block: {component label: delta norm}} in forward block order, and the modules outside it."""
     table: dict[str, dict[str, float]] = {}
@@ -35,10 +40,9 @@ def delta_table(modules: dict[str, LoraModule]) -> tuple[dict[str, dict[str, flo
     return {k: table[k] for k in sorted(table, key=block_order)}, sorted(other)
 
 
-def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
+def inspect_lora(path: str | Path, allow_foreign: bool = False, base: str | None = None) -> str:
     tensors, meta = read_lora(path)
-    fmt = detect_format(list(tensors), allow_foreign)
-    modules = read_modules(tensors, fmt, meta)
+    modules, fmt, _ = read_lora_modules(path, allow_foreign, base)
     ranks = sorted({m.rank for m in modules.values()})
     kinds = sorted({m.kind for m in modules.values()})
     alphas = sorted({m.alpha for m in modules.values() if m.alpha is not None})
@@ -66,7 +70,7 @@ def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
         + (
             " (alpha/rank: the delta is scale x B A; a loader that reads tensors only uses the .alpha keys, else "
             "scale 1)"
-            if kinds == ["lora"]
+            if kinds in (["lora"], ["dora"])
             else " (as ComfyUI applies it: alpha/rank; LoKr with both factors whole: 1)"
         ),
         f"dtype:    {', '.join(sorted({str(t.dtype).removeprefix('torch.') for t in tensors.values()}))}",
@@ -76,6 +80,9 @@ def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
     for k, v in sorted(meta.items()):
         lines.append(f"meta {k}: {v[:100]}")
 
+    if needs_base(modules):
+        lines += ["", "delta norms: a DoRA delta depends on the base model's weights; pass --base MODEL"]
+        return "\n".join(lines)
     table, other = delta_table(modules)
     comps = [c for c in COMPONENTS.values() if any(c in row for row in table.values())]
     if table:
@@ -93,7 +100,11 @@ def inspect_lora(path: str | Path, allow_foreign: bool = False) -> str:
     return "\n".join(lines)
 
 
-TYPE_WORDS = {"lokr": "lokr (LoKr: kron(w1, w2))", "loha": "loha (LoHa: (w1_a w1_b) * (w2_a w2_b))"}
+TYPE_WORDS = {
+    "dora": "dora (DoRA: LoRA + a magnitude per output row, dora_scale; its delta needs the base model)",
+    "lokr": "lokr (LoKr: kron(w1, w2))",
+    "loha": "loha (LoHa: (w1_a w1_b) * (w2_a w2_b))",
+}
 
 
 def _rank_note(modules) -> str:
@@ -119,11 +130,26 @@ def convert_lora(src: str | Path, dst: str | Path, fmt: str, overwrite: bool = F
 
 
 def read_lora_modules(
-    path: str | Path, allow_foreign: bool = False
+    path: str | Path, allow_foreign: bool = False, base: str | None = None
 ) -> tuple[dict[str, LoraModule], str, dict[str, str]]:
+    """The file's modules, format and metadata; DoRA modules get the base weights of ``base`` (a model reference),
+    else of the model the file names (``base_model``) when it is available here."""
     tensors, meta = read_lora(path)
     fmt = detect_format(list(tensors), allow_foreign)
-    return read_modules(tensors, fmt, meta), fmt, meta
+    modules = read_modules(tensors, fmt, meta)
+    ref = base or meta.get("base_model")
+    if ref and any(m.kind == "dora" for m in modules.values()):
+        from zlora.lora.bake import attach_base
+        from zlora.models.load import resolve_model
+
+        try:
+            folder = resolve_model(ref).folder
+        except UserError:
+            if base:
+                raise
+            return modules, fmt, meta  # its delta() then asks for --base
+        modules = attach_base(modules, folder)
+    return modules, fmt, meta
 
 
 def write_lora(modules: dict[str, LoraModule], dst: str | Path, fmt: str, meta: dict[str, str]) -> None:
@@ -138,10 +164,15 @@ def write_lora(modules: dict[str, LoraModule], dst: str | Path, fmt: str, meta: 
 
 
 def scale_lora(
-    src: str | Path, dst: str | Path, mult: Multipliers, overwrite: bool = False, allow_foreign: bool = False
+    src: str | Path,
+    dst: str | Path,
+    mult: Multipliers,
+    overwrite: bool = False,
+    allow_foreign: bool = False,
+    base: str | None = None,
 ) -> None:
     check_output(dst, [src], overwrite=overwrite)
-    modules, fmt, meta = read_lora_modules(src, allow_foreign)
+    modules, fmt, meta = read_lora_modules(src, allow_foreign, base)
     check_multipliers(modules, mult, str(src))
     write_lora(scale(modules, mult), dst, fmt, meta)
 
@@ -158,6 +189,7 @@ def merge_loras(
     multipliers: list[Multipliers] | None = None,
     overwrite: bool = False,
     allow_foreign: bool = False,
+    base: str | None = None,
 ) -> dict[str, float]:
     """Exact merge (ranks concatenated), or with ``rank`` an SVD down to it; each input first scaled by its own
     per-component / per-layer ``multipliers``. Returns kept energy per module."""
@@ -165,7 +197,7 @@ def merge_loras(
     check_output(dst, [p for p, _ in inputs], overwrite=overwrite)
     mults = multipliers or [Multipliers() for _ in inputs]
     read = [
-        (read_lora_modules(path, allow_foreign), m, weight)
+        (read_lora_modules(path, allow_foreign, base), m, weight)
         for (path, weight), m in zip(inputs, mults, strict=True)
     ]
     kinds = {fmt == "foreign" for (_, fmt, _), _, _ in read}
@@ -197,11 +229,16 @@ def _check_finite(modules: dict[str, LoraModule], source) -> None:
 
 
 def resize_lora(
-    src: str | Path, dst: str | Path, rank: int, overwrite: bool = False, allow_foreign: bool = False
+    src: str | Path,
+    dst: str | Path,
+    rank: int,
+    overwrite: bool = False,
+    allow_foreign: bool = False,
+    base: str | None = None,
 ) -> dict[str, float]:
     _check_rank(rank)
     check_output(dst, [src], overwrite=overwrite)
-    modules, fmt, meta = read_lora_modules(src, allow_foreign)
+    modules, fmt, meta = read_lora_modules(src, allow_foreign, base)
     _check_finite(modules, src)
     have = max(m.rank for m in modules.values())
     if rank >= have and all(m.kind == "lora" for m in modules.values()):
@@ -228,7 +265,9 @@ def bake_loras(
 
     folder = resolve_model(base).folder
     check_output(out, [p for p, _ in inputs], overwrite=overwrite, read_folders=[folder])
-    return bake(folder, [(read_lora_modules(path)[0], weight) for path, weight in inputs], Path(out))
+    return bake(
+        folder, [(read_lora_modules(path, base=base)[0], weight) for path, weight in inputs], Path(out)
+    )
 
 
 def extract_lora(

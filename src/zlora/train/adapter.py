@@ -63,6 +63,7 @@ class AdapterSwitch:
         self.transformer, self.has_adapter = transformer, has_adapter
         self.user = list(adapter_params(transformer, USER).values())
         self.frozen = list(adapter_params(transformer, ADAPTER).values()) if has_adapter else []
+        self.off = False  # every adapter disabled (the network at weight 0, no training adapter)
 
     def train(self, user_weight: float = 1.0) -> None:
         self._set(self.has_adapter, user_weight)
@@ -71,10 +72,18 @@ class AdapterSwitch:
         self._set(False, user_weight)
 
     def _set(self, adapter: bool, user_weight: float) -> None:
-        names, weights = [USER], [user_weight]
+        # weight 0 leaves the network out: a DoRA network at weight 0 would still rescale the rows by its magnitude
+        names, weights = ([USER], [user_weight]) if user_weight else ([], [])
         if adapter:
             names.append(ADAPTER)
             weights.append(1.0)
+        if not names:
+            self.transformer.disable_adapters()
+            self.off = True
+            return
+        if self.off:
+            self.transformer.enable_adapters()
+            self.off = False
         self.transformer.set_adapters(names, weights)
         for p in self.frozen:  # peft's set_adapters marks every active adapter trainable: undo that
             p.requires_grad_(False)

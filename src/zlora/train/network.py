@@ -10,7 +10,7 @@ import torch
 
 from zlora.config.network import NetworkConfig
 from zlora.errors import UserError
-from zlora.lora.modules import AnyModule, LohaModule, LokrModule, LoraModule
+from zlora.lora.modules import AnyModule, DoraModule, LohaModule, LokrModule, LoraModule
 from zlora.train.adapter import USER, adapter_params
 from zlora.vocab import target_pattern
 
@@ -169,7 +169,45 @@ class LohaNetwork(LycorisNetwork):
         return LohaModule(**{k: _copy(v, dtype) for k, v in p.items()}, alpha=float(self.cfg.linear_alpha))
 
 
-NETWORKS = {"lora": LoraNetwork, "lokr": LokrNetwork, "loha": LohaNetwork}
+class DoraNetwork(LoraNetwork):
+    """peft's DoRA (``LoraConfig(use_dora=True)``): ``W' = m (W + s B A) / ||W + s B A||`` per output row, ``m``
+    trained (``lora_magnitude_vector``). ComfyUI's loader divides by the norm of the *base* rows instead
+    (``weight_decompose`` with an output-axis ``dora_scale``), so the file holds ``dora_scale = m (||W|| + eps) /
+    ||W + s B A||``, computed from the transformer's own base weights when it is written: the weight ComfyUI makes
+    from the file is the trained one. ``dora_scale`` is kept in fp32 whatever ``save.dtype`` (a bf16 rounding of it
+    rescales the whole row of W, many times the trained delta)."""
+
+    def add(self, transformer: torch.nn.Module, seed: int) -> None:
+        super().add(transformer, seed)
+        self.transformer = transformer  # its base weights, for export
+
+    def peft_config(self, names, transformer):
+        config = super().peft_config(names, transformer)
+        config.use_dora = True
+        return config
+
+    def export(self, params: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, DoraModule]:
+        from peft.utils.integrations import dequantize_module_weight
+
+        loras = super().export(params, torch.float32)
+        out = {}
+        for module, m in loras.items():
+            m = LoraModule(m.A.to(dtype), m.B.to(dtype), m.alpha)  # the norm of what the file will hold
+            magnitude = params[f"{module}.lora_magnitude_vector.{USER}.weight"].detach().float().cpu()
+            layer = self.transformer.get_submodule(module).get_base_layer()  # W, without the Turbo adapter
+            with torch.no_grad():
+                w = dequantize_module_weight(layer).detach().float().cpu()
+                full = (w + m.delta()).norm(dim=1)
+                base = w.norm(dim=1) + torch.finfo(torch.float32).eps
+            scale = (magnitude * base / full)[:, None]
+            out[module] = DoraModule(m.A, m.B, m.alpha, scale)
+        return out
+
+    def describe(self) -> dict[str, str]:
+        return {"type": "dora", **super().describe()}
+
+
+NETWORKS = {"lora": LoraNetwork, "lokr": LokrNetwork, "loha": LohaNetwork, "dora": DoraNetwork}
 
 
 def make_network(cfg: NetworkConfig) -> LoraNetwork:

@@ -180,12 +180,12 @@ def router(data_dir: Path, store) -> APIRouter:
 
     @api.post("/api/lora/inspect")
     def inspect(body: RefBody) -> dict:
-        from zlora.lora.tools import delta_table, inspect_lora, read_lora_modules
+        from zlora.lora.tools import delta_table, inspect_lora, needs_base, read_lora_modules
 
         path = resolve(body.lora)
         report = run(inspect_lora, path, True)
         modules, fmt, _ = run(read_lora_modules, path, True)
-        table, other = delta_table(modules)
+        table, other = ({}, []) if needs_base(modules) else delta_table(modules)  # the report says why
         inside = {w[2] for w in (split_block(n) for n in modules) if w}
         groups = [g for g in SLIDER_GROUPS if inside & set(SCALE_GROUPS[g][0])]
         layers = [w[1] for w in (split_block(n) for n in modules) if w and w[0] == "layers"]

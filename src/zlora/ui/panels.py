@@ -197,7 +197,7 @@ OPTION_LABELS = {
     "save.dtype": _DTYPES,
     "model.qtype": _QTYPES,
     "model.qtype_te": _QTYPES,
-    "network.type": {"lora": "LoRA", "lokr": "LoKr", "loha": "LoHa"},
+    "network.type": {"lora": "LoRA", "lokr": "LoKr", "loha": "LoHa", "dora": "DoRA"},
     "network.preset": {
         "attn": "Attention",
         "attn_ff": "Attention + Feed-forward",
