@@ -71,17 +71,24 @@ def test_two_processes_of_batch_1_train_the_lora_of_one_process_of_batch_2(make_
     assert r.stdout.count("LoRA:") == 1
 
 
-def test_a_lokr_trains_the_same_on_two_processes(make_config, tmp_path):
-    """LoKr (network.type lokr) through the same all-reduce: 2 processes x batch 1 = 1 process x batch 2."""
-    net = {"type": "lokr", "linear": 2, "linear_alpha": 4, "lokr_factor": 4}
-    one = _config(make_config, tmp_path, "lokr1", 2, steps=6, network=net)
-    two = _config(make_config, tmp_path, "lokr2", 1, steps=6, network=net)
+@pytest.mark.parametrize(
+    "net, key",
+    [
+        ({"type": "lokr", "linear": 2, "linear_alpha": 4, "lokr_factor": 4}, ".lokr_w2_a"),
+        ({"type": "dora", "linear": 4, "linear_alpha": 4}, ".dora_scale"),
+    ],
+)
+def test_lokr_and_dora_train_the_same_on_two_processes(make_config, tmp_path, net, key):
+    """LoKr and DoRA (its magnitudes too) through the same all-reduce: 2 processes x batch 1 = 1 process x
+    batch 2."""
+    one = _config(make_config, tmp_path, "n1", 2, steps=6, network=net)
+    two = _config(make_config, tmp_path, "n2", 1, steps=6, network=net)
     r = subprocess.run([*ZLORA, "train", str(one)], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([*TORCHRUN, "-m", "zlora", "train", str(two)], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _lora(one), _lora(two)
-    assert any(k.endswith(".lokr_w2_a") for k in a)
+    assert any(k.endswith(key) for k in a)
     assert _close(a, b) <= 1e-5
 
 

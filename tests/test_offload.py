@@ -42,10 +42,11 @@ def adapter6(tmp_path_factory, tiny6) -> str:
     return str(path)
 
 
-def _trained(make_config, tiny6, name, swap=None, steps=3, checkpointing=True, **model):
+def _trained(make_config, tiny6, name, swap=None, steps=3, checkpointing=True, network=None, **model):
     cfg = make_config(
         {
             "job": {"name": name},
+            **({"network": network} if network else {}),
             "model": {"name_or_path": tiny6, "dtype": "fp32", "blocks_to_swap": swap, **model},
             "train": {"steps": steps, "lr": 1e-2, "gradient_checkpointing": checkpointing},
         }
@@ -122,6 +123,16 @@ def test_adapter_and_float8_with_swapped_blocks_are_bit_identical(make_config, t
     # previews drop the adapter exactly, with swapped blocks too
     plain.adapters.preview(), swapped.adapters.preview()
     assert np.array_equal(_image(plain), _image(swapped))
+
+
+def test_dora_with_swapped_blocks_is_bit_identical(make_config, tiny6):
+    """DoRA reads the base weight in every forward (its row norms): the swapped block's device copy serves it."""
+    net = {"type": "dora", "linear": 4, "linear_alpha": 4}
+    plain = _trained(make_config, tiny6, "dplain", None, steps=2, network=net)
+    swapped = _trained(make_config, tiny6, "dswap", 2, steps=2, network=net)
+    weights = _weights(plain)
+    assert any(".lora_magnitude_vector." in k for k in weights)
+    assert _same(weights, _weights(swapped))
 
 
 def test_auto_picks_the_fewest_blocks_that_fit():
