@@ -298,6 +298,13 @@ def test_a_dora_file_asks_for_its_base_model_and_takes_it_from_base(trained, tin
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
+    # a foreign-key file (--allow-foreign) keeps DoRA's and LoKr's own tensors when written back
+    from zlora.lora.codecs import encode
+
+    dora = next(iter(read_lora_modules(lost)[0].values()))
+    lokr = next(iter(_modules(trained["lokr"]).values()))
+    keys = encode({"kohya:other_0": dora, "other.1": lokr}, "foreign")[0]
+    assert {"other_0.lora_down.weight", "other_0.dora_scale", "other.1.lokr_w1"} <= keys.keys()
     half = read_lora_modules(tmp_path / "half.safetensors", base=str(tiny_dir))[0]
     whole = read_lora_modules(lost, base=str(tiny_dir))[0]
     for name, m in whole.items():

@@ -27,7 +27,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from zlora.errors import UserError
-from zlora.lora.modules import LYCORIS_SUFFIXES, AnyModule, DoraModule, LoraModule, read_lycoris
+from zlora.lora.modules import LYCORIS_SUFFIXES, AnyModule, LoraModule, read_module
 from zlora.lora.qkv import fuse, unfuse
 from zlora.vocab import ZIMAGE_MODULE
 
@@ -118,7 +118,7 @@ class Codec:
             stem, kind = split_key(key)
             parts.setdefault(self.module_name(stem), {})[kind] = value
         fallback = self.alpha_fallback(metadata)
-        modules = {m: _module(m, p, fallback) for m, p in parts.items()}
+        modules = {m: read_module(m, p, fallback) for m, p in parts.items()}
         return unfuse(modules) if self.fused else modules
 
     def prepare(self, modules: dict[str, AnyModule]) -> dict[str, AnyModule]:
@@ -146,10 +146,7 @@ class Codec:
         out: dict[str, torch.Tensor] = {}
         for module, m in self.prepare(modules).items():
             base = self.key_base(module)
-            if m.kind in ("lora", "dora"):
-                out[base + a], out[base + b] = m.A.contiguous(), m.B.contiguous()
-            if m.kind != "lora":  # DoRA's dora_scale, LoKr / LoHa: LyCORIS's key names, which ComfyUI reads
-                out.update({f"{base}.{suffix}": t.contiguous() for suffix, t in m.tensors().items()})
+            out.update(_tensors(base, m, a, b))
             if m.alpha is not None and self.writes_alpha:
                 out[base + ".alpha"] = torch.tensor(m.alpha)
         return out, meta
@@ -231,7 +228,7 @@ class Foreign(Codec):
             stem, kind = split_key(key)
             parts.setdefault(kohya + stem, {})[kind] = value
         fallback = self.alpha_fallback(metadata)
-        return {m: _module(m, p, fallback) for m, p in parts.items()}
+        return {m: read_module(m, p, fallback) for m, p in parts.items()}
 
     def write(self, modules: dict[str, LoraModule]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         import torch
@@ -241,7 +238,7 @@ class Foreign(Codec):
             kohya = module.startswith("kohya:")
             base = module.removeprefix("kohya:")
             a, b = (".lora_down.weight", ".lora_up.weight") if kohya else (".lora_A.weight", ".lora_B.weight")
-            out[base + a], out[base + b] = m.A.contiguous(), m.B.contiguous()
+            out.update(_tensors(base, m, a, b))
             if m.alpha is not None:
                 out[base + ".alpha"] = torch.tensor(m.alpha)
         return out, {}
@@ -333,36 +330,14 @@ def write_modules(modules: dict[str, LoraModule], fmt: str) -> dict[str, torch.T
     return encode(modules, fmt)[0]
 
 
-def _module(name: str, p: dict[str, torch.Tensor], alpha_of) -> AnyModule:
-    if any(k in LYCORIS_SUFFIXES for k in p):
-        return read_lycoris(name, p, alpha_of)
-    if "A" not in p or "B" not in p:
-        raise UserError(f"module {name} has {'no lora_A/down' if 'A' not in p else 'no lora_B/up'} weight")
-    if p["A"].ndim != 2 or p["B"].ndim != 2:
-        raise UserError(
-            f"module {name}: LoRA weights must be 2-D matrices (got {list(p['A'].shape)} and "
-            f"{list(p['B'].shape)}; convolution LoRAs are not supported)"
-        )
-    if p["A"].numel() == 0 or p["B"].numel() == 0:
-        raise UserError(
-            f"module {name}: an empty (zero-size) LoRA weight ({list(p['A'].shape)} and "
-            f"{list(p['B'].shape)}); the file is damaged"
-        )
-    if p["A"].shape[0] != p["B"].shape[1]:
-        raise UserError(
-            f"module {name}: lora_A/down has rank {p['A'].shape[0]} but lora_B/up has rank "
-            f"{p['B'].shape[1]}; the file is damaged"
-        )
-    alpha = float(p["alpha"]) if "alpha" in p else alpha_of(name)
-    if "dora_scale" not in p:
-        return LoraModule(p["A"], p["B"], alpha)
-    out, n_in = p["B"].shape[0], p["A"].shape[1]
-    if list(p["dora_scale"].shape) not in ([out, 1], [1, n_in]):
-        raise UserError(
-            f"module {name}: dora_scale is {list(p['dora_scale'].shape)}, not [{out}, 1] (output axis) or "
-            f"[1, {n_in}] (input axis); the file is damaged"
-        )
-    return DoraModule(p["A"], p["B"], alpha, p["dora_scale"])
+def _tensors(base: str, m: AnyModule, a: str, b: str) -> dict[str, torch.Tensor]:
+    """A module's tensors under ``base``: LoRA's A/B as ``a``/``b``; DoRA's dora_scale, LoKr / LoHa's factors by
+    their LyCORIS key names, which ComfyUI reads."""
+    out = {base + a: m.A.contiguous(), base + b: m.B.contiguous()} if m.kind in ("lora", "dora") else {}
+    return {
+        **out,
+        **({} if m.kind == "lora" else {f"{base}.{s}": t.contiguous() for s, t in m.tensors().items()}),
+    }
 
 
 def kohya_module(flat: str) -> str:

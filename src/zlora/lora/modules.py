@@ -296,3 +296,37 @@ def read_lycoris(name: str, p: dict, alpha_of) -> LokrModule | LohaModule:
             f"module {name}: its {kind} factors do not fit together ({e}); the file is damaged"
         ) from None
     return module
+
+
+def read_module(name: str, p: dict, alpha_of) -> AnyModule:
+    """A module's tensors by key kind (``A``, ``B``, ``alpha``, ``dora_scale``, ``lokr_w1``, ...) -> its canonical
+    module; ``alpha_of(name)`` gives the alpha of a module without an ``alpha`` tensor. A damaged module is named."""
+    if any(k in LYCORIS_SUFFIXES for k in p):
+        return read_lycoris(name, p, alpha_of)
+    if "A" not in p or "B" not in p:
+        raise UserError(f"module {name} has {'no lora_A/down' if 'A' not in p else 'no lora_B/up'} weight")
+    if p["A"].ndim != 2 or p["B"].ndim != 2:
+        raise UserError(
+            f"module {name}: LoRA weights must be 2-D matrices (got {list(p['A'].shape)} and "
+            f"{list(p['B'].shape)}; convolution LoRAs are not supported)"
+        )
+    if p["A"].numel() == 0 or p["B"].numel() == 0:
+        raise UserError(
+            f"module {name}: an empty (zero-size) LoRA weight ({list(p['A'].shape)} and "
+            f"{list(p['B'].shape)}); the file is damaged"
+        )
+    if p["A"].shape[0] != p["B"].shape[1]:
+        raise UserError(
+            f"module {name}: lora_A/down has rank {p['A'].shape[0]} but lora_B/up has rank "
+            f"{p['B'].shape[1]}; the file is damaged"
+        )
+    alpha = float(p["alpha"]) if "alpha" in p else alpha_of(name)
+    if "dora_scale" not in p:
+        return LoraModule(p["A"], p["B"], alpha)
+    out, n_in = p["B"].shape[0], p["A"].shape[1]
+    if list(p["dora_scale"].shape) not in ([out, 1], [1, n_in]):
+        raise UserError(
+            f"module {name}: dora_scale is {list(p['dora_scale'].shape)}, not [{out}, 1] (output axis) or "
+            f"[1, {n_in}] (input axis); the file is damaged"
+        )
+    return DoraModule(p["A"], p["B"], alpha, p["dora_scale"])
