@@ -98,6 +98,10 @@ def test_the_form_shows_what_trains_in_the_guides_words(browser, tmp_path):
         assert (net["type"], net["lokr_factor"], net["lokr_full_rank"]) == ("lokr", 8, False)
         choose(d, "f-network-type", "loha")
         wait(lambda: not d.find_elements(By.ID, "f-network-lokr_factor"), 10, "LoKr Factor hidden")
+        types = d.find_element(By.ID, "f-network-type").find_elements(By.TAG_NAME, "option")
+        assert [o.text for o in types] == ["LoRA", "LoKr", "LoHa", "DoRA"]
+        choose(d, "f-network-type", "dora")
+        wait(lambda: _config(d)["network"]["type"] == "dora", 10, "DoRA in the config")
         choose(d, "f-network-type", "lora")
 
         # resolutions: the toggles and the text box are two views of one list

@@ -224,3 +224,39 @@ def test_generate_task_embeds_its_settings(server, tmp_path):
         "width": 64,
         "height": 64,
     }
+
+
+def test_lora_tools_take_a_dora_file_with_the_base_model_it_names(server, tmp_path, tiny_dir):
+    """A DoRA delta needs the base weights: the tools page reads them from the model the file names; a file whose
+    model is not here is inspected without the table and refused by scale with the reason (400, not 500)."""
+    from zlora.lora.bake import model_shapes
+    from zlora.lora.modules import DoraModule
+
+    g = torch.Generator().manual_seed(0)
+    modules = {}
+    for name in ("layers.0.attention.to_q", "layers.1.attention.to_v"):
+        out, n_in = model_shapes(tiny_dir)[f"{name}.weight"]
+        scale = 1 + 0.1 * torch.rand(out, 1, generator=g)
+        modules[name] = DoraModule(
+            torch.randn(2, n_in, generator=g), torch.randn(out, 2, generator=g), 2.0, scale
+        )
+    refs = {}
+    for label, base in (("here", str(tiny_dir)), ("gone", str(tmp_path / "no-model"))):
+        path = tmp_path / f"{label}.safetensors"
+        save_file(write_modules(modules, "zlora"), str(path), {"base_model": base})
+        body, ctype = multipart("file", [(path.name, path.read_bytes())])
+        refs[label] = server.call("POST", "/api/lora/upload", raw=body, ctype=ctype)[1]["lora"]
+
+    status, r = server.call("POST", "/api/lora/inspect", {"lora": refs["here"]})
+    assert status == 200 and "type:     dora" in r["report"], r
+    q = r["table"]["layers.0"]["q"]
+    assert q > 0
+    status, scaled = server.call("POST", "/api/lora/scale", {"lora": refs["here"], "ratio": 0.5})
+    assert status == 200, scaled
+    table = server.call("POST", "/api/lora/inspect", {"lora": scaled["lora"]})[1]["table"]
+    assert table["layers.0"]["q"] == pytest.approx(0.5 * q, rel=1e-4)
+
+    status, r = server.call("POST", "/api/lora/inspect", {"lora": refs["gone"]})
+    assert status == 200 and r["table"] == {} and "pass --base MODEL" in r["report"]
+    status, r = server.call("POST", "/api/lora/scale", {"lora": refs["gone"], "ratio": 0.5})
+    assert status == 400 and "base model" in r["detail"], r

@@ -133,23 +133,37 @@ def read_lora_modules(
     path: str | Path, allow_foreign: bool = False, base: str | None = None
 ) -> tuple[dict[str, LoraModule], str, dict[str, str]]:
     """The file's modules, format and metadata; DoRA modules get the base weights of ``base`` (a model reference),
-    else of the model the file names (``base_model``) when it is available here."""
+    else of the model the file names (``base_model``) when it is on this machine (never downloaded for this)."""
     tensors, meta = read_lora(path)
     fmt = detect_format(list(tensors), allow_foreign)
     modules = read_modules(tensors, fmt, meta)
-    ref = base or meta.get("base_model")
-    if ref and any(m.kind == "dora" for m in modules.values()):
+    if any(m.kind == "dora" for m in modules.values()):
         from zlora.lora.bake import attach_base
-        from zlora.models.load import resolve_model
 
-        try:
-            folder = resolve_model(ref).folder
-        except UserError:
-            if base:
-                raise
-            return modules, fmt, meta  # its delta() then asks for --base
-        modules = attach_base(modules, folder)
+        folder = _model_folder(base) if base else _local_model(meta.get("base_model") or "")
+        if folder is not None:  # else its delta() asks for --base
+            modules = attach_base(modules, folder)
     return modules, fmt, meta
+
+
+def _model_folder(ref: str) -> Path:
+    from zlora.models.load import resolve_model
+
+    return resolve_model(ref).folder
+
+
+def _local_model(ref: str) -> Path | None:
+    """The folder of a model reference when it is here (a folder, a pulled hub model, builtin:*), else None."""
+    from zlora.hub.manifest import hub_settings
+    from zlora.hub.refs import model_folder_of
+
+    try:
+        if ref.startswith("builtin:"):
+            return _model_folder(ref)
+        found = model_folder_of(ref, hub_settings(), fetch=False) if ref else None
+    except UserError:
+        return None
+    return found[0] if found else None
 
 
 def write_lora(modules: dict[str, LoraModule], dst: str | Path, fmt: str, meta: dict[str, str]) -> None:
