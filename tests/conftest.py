@@ -25,6 +25,11 @@ ZLORA = [sys.executable, "-m", "zlora"]
 COLORS = [(220, 40, 40), (40, 60, 200), (40, 180, 70), (240, 210, 30)]
 
 
+def aitk_job(**process) -> dict:
+    """A minimal ai-toolkit job file whose one trainer process holds ``process`` (network=..., train=...)."""
+    return {"job": "extension", "config": {"name": "x", "process": [{"type": "sd_trainer", **process}]}}
+
+
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
     from zlora.models.tiny import builtin_tiny_path

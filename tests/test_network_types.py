@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import aitk_job
 from zlora.config.aitk import import_aitk
 from zlora.errors import UserError
 from zlora.lora.file import read_lora
@@ -312,22 +313,10 @@ def test_a_dora_file_asks_for_its_base_model_and_takes_it_from_base(trained, tin
 
 
 def test_ai_toolkit_lokr_jobs_import_and_lokr_settings_are_checked():
-    job = {
-        "job": "extension",
-        "config": {
-            "name": "x",
-            "process": [
-                {
-                    "type": "sd_trainer",
-                    "network": {"type": "lokr", "linear": 8, "lokr_factor": 4, "lokr_full_rank": True},
-                }
-            ],
-        },
-    }
+    job = aitk_job(network={"type": "lokr", "linear": 8, "lokr_factor": 4, "lokr_full_rank": True})
     net = import_aitk(job)[0]["network"]
     assert net["type"] == "lokr" and net["lokr_factor"] == 4 and net["lokr_full_rank"] is True
-    job["config"]["process"][0]["network"] = {"type": "dora", "linear": 8}
-    net = import_aitk(job)[0]["network"]
+    net = import_aitk(aitk_job(network={"type": "dora", "linear": 8}))[0]["network"]
     assert net["type"] == "dora" and net["preset"] == "attn_ff_adaln"
     from zlora.config import parse_config
 

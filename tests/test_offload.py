@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import aitk_job
 from zlora.config.aitk import import_aitk
 from zlora.errors import UserError
 from zlora.models import placement
@@ -169,25 +170,16 @@ def test_offload_settings_do_not_block_a_resume_and_aitk_imports_them():
     old = {"model": {"blocks_to_swap": None, "low_vram": False}}
     new = {"model": {"blocks_to_swap": 8, "low_vram": True}}
     assert changes(old, new) == {}
-    job = {
-        "job": "extension",
-        "config": {
-            "name": "x",
-            "process": [
-                {
-                    "type": "sd_trainer",
-                    "model": {
-                        "name_or_path": "Tongyi-MAI/Z-Image-Turbo",
-                        "arch": "zimage:turbo",
-                        "low_vram": True,
-                        "layer_offloading": True,
-                        "layer_offloading_transformer_percent": 0.5,
-                    },
-                    "datasets": [{"folder_path": "/data"}],
-                }
-            ],
+    job = aitk_job(
+        model={
+            "name_or_path": "Tongyi-MAI/Z-Image-Turbo",
+            "arch": "zimage:turbo",
+            "low_vram": True,
+            "layer_offloading": True,
+            "layer_offloading_transformer_percent": 0.5,
         },
-    }
+        datasets=[{"folder_path": "/data"}],
+    )
     data, notes = import_aitk(job)
     assert data["model"]["low_vram"] is True and data["model"]["blocks_to_swap"] == 15
     assert "model.layer_offloading_transformer_percent 0.5 -> model.blocks_to_swap 15 (of 30 blocks)" in notes

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import aitk_job
 from zlora.config import parse_config
 from zlora.config.aitk import import_aitk
 from zlora.config.optimizers import ALIASES, OPTIMIZERS
@@ -73,11 +74,7 @@ def test_each_optimizer_trains_20_steps_on_cpu_and_resumes_exactly(make_config, 
     for k, v in second.lora_params.items():
         assert torch.equal(v, after[k]), (opt, k)
     # and ai-toolkit's job with this name imports to it
-    job = {
-        "job": "extension",
-        "config": {"name": "x", "process": [{"type": "sd_trainer", "train": {"optimizer": opt}}]},
-    }
-    assert import_aitk(job)[0]["train"]["optimizer"] == opt
+    assert import_aitk(aitk_job(train={"optimizer": opt}))[0]["train"]["optimizer"] == opt
 
 
 def test_automagic_against_a_step_computed_by_hand():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import aitk_job
 from zlora.config import parse_config
 from zlora.config.aitk import import_aitk
 from zlora.train.curves import anchors, snr_weight, timestep_table
@@ -73,11 +74,7 @@ def test_min_snr_gamma_weights():
     assert table["weight"][table["t"].index(250)] == 0.5
     # ai-toolkit's min_snr_gamma / snr_gamma import to it
     for key in ("snr_gamma", "min_snr_gamma"):
-        job = {
-            "job": "extension",
-            "config": {"name": "x", "process": [{"type": "sd_trainer", "train": {key: 5}}]},
-        }
-        assert import_aitk(job)[0]["train"]["snr_gamma"] == 5
+        assert import_aitk(aitk_job(train={key: 5}))[0]["train"]["snr_gamma"] == 5
 
 
 def test_a_run_with_anchors_and_min_snr_trains_and_an_older_checkpoint_still_resumes(make_config):

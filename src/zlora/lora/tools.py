@@ -42,7 +42,8 @@ def delta_table(modules: dict[str, LoraModule]) -> tuple[dict[str, dict[str, flo
 
 def inspect_lora(path: str | Path, allow_foreign: bool = False, base: str | None = None) -> str:
     tensors, meta = read_lora(path)
-    modules, fmt, _ = read_lora_modules(path, allow_foreign, base)
+    fmt = detect_format(list(tensors), allow_foreign)
+    modules = with_base(read_modules(tensors, fmt, meta), meta, base)
     ranks = sorted({m.rank for m in modules.values()})
     kinds = sorted({m.kind for m in modules.values()})
     alphas = sorted({m.alpha for m in modules.values() if m.alpha is not None})
@@ -136,14 +137,17 @@ def read_lora_modules(
     else of the model the file names (``base_model``) when it is on this machine (never downloaded for this)."""
     tensors, meta = read_lora(path)
     fmt = detect_format(list(tensors), allow_foreign)
-    modules = read_modules(tensors, fmt, meta)
-    if any(m.kind == "dora" for m in modules.values()):
-        from zlora.lora.bake import attach_base
+    return with_base(read_modules(tensors, fmt, meta), meta, base), fmt, meta
 
-        folder = _model_folder(base) if base else _local_model(meta.get("base_model") or "")
-        if folder is not None:  # else its delta() asks for --base
-            modules = attach_base(modules, folder)
-    return modules, fmt, meta
+
+def with_base(modules: dict, meta: dict[str, str], base: str | None) -> dict:
+    """DoRA modules with the base weights of ``base``, else of the file's ``base_model`` when it is here."""
+    if not any(m.kind == "dora" for m in modules.values()):
+        return modules
+    from zlora.lora.bake import attach_base
+
+    folder = _model_folder(base) if base else _local_model(meta.get("base_model") or "")
+    return modules if folder is None else attach_base(modules, folder)  # without, delta() asks for --base
 
 
 def _model_folder(ref: str) -> Path:
@@ -279,9 +283,12 @@ def bake_loras(
 
     folder = resolve_model(base).folder
     check_output(out, [p for p, _ in inputs], overwrite=overwrite, read_folders=[folder])
-    return bake(
-        folder, [(read_lora_modules(path, base=base)[0], weight) for path, weight in inputs], Path(out)
-    )
+    # no base attached: bake computes each DoRA delta on the base tensor it streams
+    read = []
+    for path, weight in inputs:
+        tensors, meta = read_lora(path)
+        read.append((read_modules(tensors, metadata=meta), weight))
+    return bake(folder, read, Path(out))
 
 
 def extract_lora(
